@@ -1,0 +1,125 @@
+"""A local Spark session with Delta Lake, started the same way by the library, Dagster and tests.
+
+Delta's Scala jars are resolved once (`python -m cv_pipeline.data.spark warm`, run by `make setup`)
+into a cache folder; later sessions load them from there with `spark.jars` and need no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DELTA_EXTENSIONS = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def jar_cache_dir() -> Path:
+    """Where Ivy puts Delta's jars (`CV_PIPELINE_JAR_CACHE`, default `~/.cache/cv_pipeline/ivy`)."""
+    return Path(os.environ.get("CV_PIPELINE_JAR_CACHE", "~/.cache/cv_pipeline/ivy")).expanduser()
+
+
+def delta_maven_coordinates() -> list[str]:
+    """The Maven coordinates delta-spark's pip package asks for, for the installed pyspark."""
+    from delta import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
+
+    # A builder only records options; no JVM starts until getOrCreate().
+    builder = configure_spark_with_delta_pip(SparkSession.Builder())
+    return builder._options["spark.jars.packages"].split(",")
+
+
+def cached_delta_jars() -> list[Path]:
+    """Jars in the cache for the current Delta coordinates, or [] when not warmed yet."""
+    jars_dir = jar_cache_dir() / "jars"
+    for coordinate in delta_maven_coordinates():
+        group, artifact, version = coordinate.split(":")
+        if not (jars_dir / f"{group}_{artifact}-{version}.jar").is_file():
+            return []
+    # Delta's transitive dependencies resolved beside it, less the logging jars Spark already ships.
+    return sorted(
+        p for p in jars_dir.glob("*.jar") if not p.name.startswith(("org.apache.logging.log4j_", "org.slf4j_"))
+    )
+
+
+def delta_spark_config(app_name: str = "cv_pipeline", master: str | None = None) -> dict[str, str]:
+    """Spark settings for a small local session with Delta; usable by `SparkSession.builder` and
+    `dagster_pyspark.PySparkResource(spark_config=...)` alike."""
+    shuffle_partitions = os.environ.get("CV_PIPELINE_SHUFFLE_PARTITIONS", "4")
+    config = {
+        "spark.master": master or os.environ.get("CV_PIPELINE_SPARK_MASTER", "local[*]"),
+        "spark.app.name": app_name,
+        "spark.sql.shuffle.partitions": shuffle_partitions,
+        "spark.default.parallelism": shuffle_partitions,
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.memory": os.environ.get("CV_PIPELINE_SPARK_DRIVER_MEMORY", "2g"),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.warehouse.dir": str(Path(os.environ.get("CV_PIPELINE_HOME", ".cv_pipeline")).resolve() / "spark-warehouse"),
+        "spark.driver.extraJavaOptions": "-Dderby.system.home=" + str(Path(os.environ.get("CV_PIPELINE_HOME", ".cv_pipeline")).resolve()),
+        **DELTA_EXTENSIONS,
+    }
+    jars = cached_delta_jars()
+    if jars:
+        config["spark.jars"] = ",".join(str(j) for j in jars)
+    else:
+        config["spark.jars.packages"] = ",".join(delta_maven_coordinates())
+        config["spark.jars.ivy"] = str(jar_cache_dir())
+    return config
+
+
+def get_spark(app_name: str = "cv_pipeline"):
+    """The active Spark session, or a new local one with Delta configured."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    # Python workers must run this interpreter, where cv_pipeline and its dependencies are installed.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    for key, value in delta_spark_config(app_name).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def warm_jar_cache() -> list[Path]:
+    """Resolve Delta's jars into the cache (needs Maven Central once) and check a Delta write works."""
+    import tempfile
+
+    spark = get_spark("cv_pipeline_warm")
+    with tempfile.TemporaryDirectory() as tmp:
+        spark.range(3).write.format("delta").save(tmp + "/t")
+        rows = spark.read.format("delta").load(tmp + "/t").count()
+    spark.stop()
+    jars = cached_delta_jars()
+    if rows != 3 or not jars:
+        raise RuntimeError(f"Delta jar cache at {jar_cache_dir()} is not usable after warming")
+    return jars
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["warm", "jars"])
+    args = parser.parse_args(argv)
+    if args.command == "jars":
+        for jar in cached_delta_jars():
+            print(jar)
+        return 0
+    if cached_delta_jars():
+        print(f"Delta jars already cached in {jar_cache_dir()}")
+        return 0
+    jars = warm_jar_cache()
+    print(f"Delta jars cached in {jar_cache_dir()}: {', '.join(j.name for j in jars)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The MLflow model registry, by aliases: `challenger` for a candidate, `champion` for what serves.
+
+Registry stages are not used (they are deprecated and absent from Unity Catalog); promotion moves
+the `champion` alias, as in databricks/mlops-stacks.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+from mlflow.store.artifact.utils.models import _parse_model_uri
+from mlflow.utils.uri import is_models_uri
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+REGISTRATION_TIMEOUT_S = 300
+
+_NOT_FOUND_CODES = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), "NOT_FOUND"}
+_ALREADY_EXISTS_CODES = {ErrorCode.Name(RESOURCE_ALREADY_EXISTS), "ALREADY_EXISTS"}
+_READY = ModelVersionStatus.to_string(ModelVersionStatus.READY)
+_FAILED = ModelVersionStatus.to_string(ModelVersionStatus.FAILED_REGISTRATION)
+
+
+class ModelRegistry:
+    """Registered models and their aliases on one tracking server / registry.
+
+    The tracking and registry URIs are given explicitly, so nothing here reads or changes
+    MLflow's process-wide tracking URI.
+    """
+
+    def __init__(self, tracking_uri: str, registry_uri: str | None = None):
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri or tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+
+    def register(self, model_uri: str, name: str, tags: dict[str, str] | None = None) -> str:
+        """Register `model_uri` (`models:/<model_id>`, `runs:/<run_id>/<name>` or a storage URI) as
+        a new version of `name`, creating the registered model if needed; returns the version once
+        it is READY. Raises RuntimeError if registration fails or is not READY within
+        `REGISTRATION_TIMEOUT_S`.
+        """
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code not in _ALREADY_EXISTS_CODES:
+                raise
+        source, run_id, model_id = self._resolve_source(model_uri)
+        version = self.client.create_model_version(
+            name=name,
+            source=source,
+            run_id=run_id,
+            tags=tags,
+            model_id=model_id,
+            await_creation_for=REGISTRATION_TIMEOUT_S,
+        )
+        return self._wait_until_ready(name, str(version.version), REGISTRATION_TIMEOUT_S)
+
+    def _resolve_source(self, model_uri: str) -> tuple[str, str | None, str | None]:
+        """`(source, run_id, model_id)` for `create_model_version`, as `mlflow.register_model` does."""
+        if is_models_uri(model_uri):
+            parsed = _parse_model_uri(model_uri)
+            if parsed.model_id is not None:
+                logged_model = self.client.get_logged_model(parsed.model_id)
+                return model_uri, logged_model.source_run_id, logged_model.model_id
+            if parsed.name is not None and parsed.version is not None:
+                existing = self.client.get_model_version(parsed.name, parsed.version)
+                return existing.source, existing.run_id, getattr(existing, "model_id", None)
+            raise ValueError(
+                f"model_uri {model_uri!r} must name a logged model (models:/<model_id>) or a version "
+                "(models:/<name>/<version>)"
+            )
+        if RunsArtifactRepository.is_runs_uri(model_uri):
+            run_id, artifact_path = RunsArtifactRepository.parse_runs_uri(model_uri)
+            run = self.client.get_run(run_id)
+            logged = [
+                model
+                for model in self.client.search_logged_models(
+                    experiment_ids=[run.info.experiment_id], filter_string=f"name = '{artifact_path}'"
+                )
+                if model.source_run_id == run_id
+            ]
+            if logged:
+                # mlflow 3 stores models as logged models, not under the run's artifacts.
+                newest = max(logged, key=lambda model: model.creation_timestamp)
+                return f"models:/{newest.model_id}", run_id, newest.model_id
+            return model_uri, run_id, None
+        return model_uri, None, None
+
+    def _wait_until_ready(self, name: str, version: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            model_version = self.client.get_model_version(name, version)
+            if model_version.status == _READY:
+                return version
+            if model_version.status == _FAILED:
+                raise RuntimeError(
+                    f"Registering {name} version {version} failed: {model_version.status_message}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{name} version {version} is not READY after {timeout_s:.0f}s "
+                    f"(status {model_version.status})"
+                )
+            time.sleep(1.0)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def version_for_alias(self, name: str, alias: str) -> str | None:
+        """The version `alias` points at; None when the model or the alias does not exist."""
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as error:
+            if error.error_code in _NOT_FOUND_CODES:
+                return None
+            raise
+
+    def promote(self, name: str, version: str) -> None:
+        """Make `version` the champion; clear `challenger` if it pointed at that same version."""
+        version = str(version)
+        self.client.set_registered_model_alias(name, CHAMPION, version)
+        if self.version_for_alias(name, CHALLENGER) == version:
+            self.client.delete_registered_model_alias(name, CHALLENGER)
+
+    @staticmethod
+    def model_uri(name: str, version: str) -> str:
+        return f"models:/{name}/{version}"

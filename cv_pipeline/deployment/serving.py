@@ -1,0 +1,272 @@
+"""A real `mlflow models serve` process on localhost, found again through a JSON state file.
+
+The server runs in its own session so it outlives whoever started it (a Dagster run, a notebook);
+`state_dir/server.json` records pid, port and model so a later process reuses or replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import requests
+from PIL import Image
+
+from cv_pipeline.deployment.pyfunc import IMAGE_COLUMN, encode_image
+
+STATE_FILE_NAME = "server.json"
+LOG_FILE_NAME = "server.log"
+_PING_TIMEOUT_S = 2.0
+_STOP_GRACE_S = 15.0
+_LOG_TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Where a model server listens; `reused` is True when it was already running."""
+
+    url: str
+    port: int
+    pid: int
+    model_uri: str
+    reused: bool
+
+
+def predict_over_http(url: str, images: Sequence[Image.Image], timeout_s: float = 60.0) -> list[dict]:
+    """POST the images (base64 PNG, `dataframe_split`) to `url/invocations`; one dict per image.
+
+    Raises RuntimeError with the status and body when the server does not answer 200.
+    """
+    payload = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": [[encode_image(image)] for image in images]}}
+    response = requests.post(f"{url.rstrip('/')}/invocations", json=payload, timeout=timeout_s)
+    if response.status_code != 200:
+        raise RuntimeError(f"POST {url}/invocations answered {response.status_code}: {response.text[:2000]}")
+    body = response.json()
+    if not isinstance(body, dict) or "predictions" not in body:
+        raise RuntimeError(f"POST {url}/invocations answered without 'predictions': {str(body)[:2000]}")
+    return list(body["predictions"])
+
+
+def _ping(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/ping", timeout=_PING_TIMEOUT_S).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the process group `pgid`."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+class LocalModelServer:
+    """One `mlflow models serve` process per `state_dir`, serving one model URI at a time."""
+
+    def __init__(self, state_dir: Path, host: str = "127.0.0.1"):
+        self.state_dir = Path(state_dir)
+        self.host = host
+        self.state_path = self.state_dir / STATE_FILE_NAME
+        self.log_path = self.state_dir / LOG_FILE_NAME
+        self._process: subprocess.Popen | None = None  # set when this object started the server
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None  # a torn or foreign file: treated as no server; stop() removes it
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self.state_path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(state, indent=2))
+        temporary.replace(self.state_path)
+
+    def _reap(self) -> None:
+        if self._process is not None:
+            self._process.poll()
+
+    def _healthy(self, state: dict[str, Any]) -> bool:
+        self._reap()
+        return _process_alive(int(state["pid"])) and _ping(state["url"])
+
+    def status(self) -> ServerInfo | None:
+        """The running server this state file describes (alive and answering /ping), else None."""
+        state = self._read_state()
+        if not state or not self._healthy(state):
+            return None
+        return ServerInfo(
+            url=state["url"], port=int(state["port"]), pid=int(state["pid"]), model_uri=state["model_uri"], reused=True
+        )
+
+    def ensure(self, model_uri: str, tracking_uri: str, port: int | None = None, timeout_s: float = 180) -> ServerInfo:
+        """A server for `model_uri`: the running one when it serves that URI (and `port`, if
+        given) and answers /ping, otherwise a fresh one replacing whatever ran before.
+
+        Raises RuntimeError with the tail of the server log when it exits or is not answering
+        /ping within `timeout_s`.
+        """
+        current = self.status()
+        if current is not None and current.model_uri == model_uri and port in (None, current.port):
+            return current
+        self.stop()
+
+        port = int(port) if port is not None else _free_port(self.host)
+        url = f"http://{self.host}:{port}"
+        command = [
+            sys.executable, "-m", "mlflow", "models", "serve",
+            "-m", model_uri,
+            "--env-manager", "local",
+            "-h", self.host,
+            "-p", str(port),
+            "-w", "1",
+        ]  # fmt: skip
+        env = os.environ.copy()
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+        # `mlflow models serve` execs `uvicorn` through bash: make it this interpreter's uvicorn.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["PYTHONUNBUFFERED"] = "1"
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            log.write(f"$ {' '.join(command)}\n".encode())
+            log.flush()
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.state_dir,
+                start_new_session=True,
+            )
+        pid = self._process.pid
+        self._write_state(
+            {
+                "pid": pid,
+                "port": port,
+                "url": url,
+                "model_uri": model_uri,
+                "started_at": datetime.now(timezone.utc).isoformat(),
+                "log_path": str(self.log_path),
+            }
+        )
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            exit_code = self._process.poll()
+            if exit_code is not None:
+                self.stop()
+                raise RuntimeError(
+                    f"mlflow models serve for {model_uri} exited with code {exit_code}; "
+                    f"log {self.log_path}:\n{self._log_tail()}"
+                )
+            if _ping(url):
+                return ServerInfo(url=url, port=port, pid=pid, model_uri=model_uri, reused=False)
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"mlflow models serve for {model_uri} did not answer {url}/ping within {timeout_s:.0f}s; "
+                    f"log {self.log_path}:\n{self._log_tail()}"
+                )
+            time.sleep(0.5)
+
+    def stop(self) -> bool:
+        """Stop the server's whole process group (SIGTERM, then SIGKILL after a grace period) and
+        remove the state file. True when a live server was stopped."""
+        state = self._read_state()
+        stopped = False
+        if state and "pid" in state:
+            pgid = int(state["pid"])  # the server leads its own session, so its pid is the group id
+            self._reap()
+            if _group_alive(pgid):
+                stopped = True
+                self._signal_group(pgid, signal.SIGTERM)
+                if not self._wait_for_group_exit(pgid, _STOP_GRACE_S):
+                    self._signal_group(pgid, signal.SIGKILL)
+                    self._wait_for_group_exit(pgid, 5.0)
+        self.state_path.unlink(missing_ok=True)
+        self._process = None
+        return stopped
+
+    @staticmethod
+    def _signal_group(pgid: int, signum: int) -> None:
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _wait_for_group_exit(self, pgid: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._reap()
+            if not _group_alive(pgid):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def predict(self, images: list[Image.Image]) -> list[dict]:
+        """Top-1 predictions from the running server, one dict per image."""
+        state = self._read_state()
+        if not state:
+            raise RuntimeError(f"No model server recorded in {self.state_path}; call ensure() first")
+        return predict_over_http(state["url"], images)
+
+    def _log_tail(self) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return text[-_LOG_TAIL_CHARS:]

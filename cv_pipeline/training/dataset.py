@@ -1,0 +1,173 @@
+"""`training_dataset`: a deterministic split manifest pinned to the Delta versions it was built from.
+
+Reads the validated COCO tables with delta-rs (no JVM), keeps one row per trainable object, assigns
+each image to train/val/test by a seeded hash of its content (identical images always share a
+split, so duplicates cannot leak across splits), and writes the manifest as a Delta table whose
+commit carries the source versions and label map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cv_pipeline.data.delta_io import read_table, table_version
+
+SOURCE_TABLES = ("coco_images", "coco_annotations", "coco_categories")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DatasetManifest:
+    table_path: str
+    version: int
+    source_versions: dict[str, int]
+    labels: list[dict]  # [{"index", "category_id", "name", "supercategory"}]
+    split_counts: dict[str, int]
+    split_images: dict[str, int]
+    seed: int
+    fractions: dict[str, float]
+    content_hash: str
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DatasetManifest":
+        return cls(**json.loads(text))
+
+
+def assign_split(content_key: str, seed: int, fractions: dict[str, float]) -> str:
+    """train/val/test for one image from a seeded hash of its key: stable across runs and machines."""
+    digest = hashlib.sha256(f"{seed}:{content_key}".encode()).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    cumulative = 0.0
+    for split in SPLITS:
+        cumulative += fractions[split]
+        if position < cumulative:
+            return split
+    return SPLITS[-1]
+
+
+def resolve_labels(categories: pa.Table) -> list[dict]:
+    """One label per category id across batches; a category id with two names is an error."""
+    names: dict[int, tuple[str, str | None]] = {}
+    for row in categories.to_pylist():
+        known = names.setdefault(row["category_id"], (row["name"], row["supercategory"]))
+        if known[0] != row["name"]:
+            raise ValueError(
+                f"coco_categories: category_id {row['category_id']} is named {known[0]!r} in one batch and "
+                f"{row['name']!r} in batch {row['batch_id']!r}; batches of a landing zone must share one taxonomy"
+            )
+    return [
+        {"index": index, "category_id": cid, "name": names[cid][0], "supercategory": names[cid][1]}
+        for index, cid in enumerate(sorted(names))
+    ]
+
+
+def build_training_dataset(
+    lake_dir: str | Path,
+    *,
+    output_table: str = "training_dataset",
+    seed: int = 17,
+    fractions: dict[str, float] | None = None,
+    min_box_size: float = 4.0,
+    versions: dict[str, int] | None = None,
+) -> DatasetManifest:
+    """Build and write the manifest table; `versions` pins the source tables (default: their latest)."""
+    from deltalake import CommitProperties, write_deltalake
+
+    fractions = fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
+    if set(fractions) != set(SPLITS) or abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) <= 0:
+        raise ValueError(f"fractions must give positive train, val and test shares summing to 1, got {fractions}")
+    lake_dir = Path(lake_dir)
+    pinned = {}
+    for name in SOURCE_TABLES:
+        version = (versions or {}).get(name, table_version(lake_dir / name))
+        if version is None:
+            raise FileNotFoundError(f"table {name} does not exist under {lake_dir}; ingest a batch first")
+        pinned[name] = int(version)
+
+    images = read_table(lake_dir / "coco_images", pinned["coco_images"],
+                        columns=["batch_id", "image_id", "file_path", "width", "height", "sha256"])
+    annotations = read_table(lake_dir / "coco_annotations", pinned["coco_annotations"],
+                             columns=["batch_id", "annotation_id", "image_id", "category_id", "bbox_x", "bbox_y",
+                                      "bbox_w", "bbox_h", "iscrowd"])
+    categories = read_table(lake_dir / "coco_categories", pinned["coco_categories"],
+                            columns=["batch_id", "category_id", "name", "supercategory"])
+    labels = resolve_labels(categories)
+    label_of = {label["category_id"]: label["index"] for label in labels}
+
+    keep = pc.and_(
+        pc.equal(annotations["iscrowd"], 0),
+        pc.and_(pc.greater_equal(annotations["bbox_w"], min_box_size), pc.greater_equal(annotations["bbox_h"], min_box_size)),
+    )
+    objects = annotations.filter(keep).join(images, keys=["batch_id", "image_id"], join_type="inner")
+    objects = objects.sort_by([("batch_id", "ascending"), ("image_id", "ascending"), ("annotation_id", "ascending")])
+    split_of_image = {
+        sha: assign_split(sha, seed, fractions) for sha in set(images.column("sha256").to_pylist())
+    }
+    rows = objects.to_pylist()
+    for row in rows:
+        row["label"] = label_of[row["category_id"]]
+        row["split"] = split_of_image[row["sha256"]]
+    table = pa.Table.from_pylist(rows, schema=_manifest_schema())
+    content_hash = hashlib.sha256(
+        json.dumps([[r["batch_id"], r["annotation_id"], r["sha256"], r["label"], r["split"]] for r in rows]).encode()
+    ).hexdigest()
+
+    split_counts = {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}
+    split_images = {s: len({(r["batch_id"], r["image_id"]) for r in rows if r["split"] == s}) for s in SPLITS}
+    for split in SPLITS:
+        if split_counts[split] == 0:
+            raise ValueError(f"training_dataset: the {split} split is empty ({len(rows)} objects in all); ingest more data")
+
+    output_path = lake_dir / output_table
+    manifest = DatasetManifest(
+        table_path=str(output_path), version=-1, source_versions=pinned, labels=labels,
+        split_counts=split_counts, split_images=split_images, seed=seed, fractions=fractions,
+        content_hash=content_hash, extra={"min_box_size": min_box_size, "objects": len(rows)},
+    )
+    write_deltalake(
+        str(output_path), table, mode="overwrite", schema_mode="overwrite",
+        commit_properties=CommitProperties(custom_metadata={"cv_pipeline.manifest": manifest.to_json()}),
+    )
+    manifest.version = int(table_version(output_path))
+    return manifest
+
+
+def _manifest_schema() -> pa.Schema:
+    return pa.schema([
+        ("batch_id", pa.string()), ("annotation_id", pa.int64()), ("image_id", pa.int64()),
+        ("category_id", pa.int64()), ("label", pa.int32()), ("split", pa.string()),
+        ("file_path", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("sha256", pa.string()),
+        ("bbox_x", pa.float64()), ("bbox_y", pa.float64()), ("bbox_w", pa.float64()), ("bbox_h", pa.float64()),
+        ("iscrowd", pa.int32()),
+    ])
+
+
+def load_manifest(table_path: str | Path, version: int | None = None) -> DatasetManifest:
+    """The manifest recorded in the commit that wrote `version` of the training_dataset table."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(table_path), version=version)
+    wanted = table.version()
+    for entry in table.history():
+        if entry.get("version") == wanted and "cv_pipeline.manifest" in entry:
+            manifest = DatasetManifest.from_json(entry["cv_pipeline.manifest"])
+            manifest.version = wanted
+            return manifest
+    raise ValueError(f"{table_path} version {wanted} carries no cv_pipeline manifest in its commit")
+
+
+def load_split(table_path: str | Path, version: int, split: str) -> list[dict]:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    table = read_table(table_path, version, filters=[("split", "=", split)])
+    return table.sort_by([("batch_id", "ascending"), ("annotation_id", "ascending")]).to_pylist()
