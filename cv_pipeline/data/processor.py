@@ -90,7 +90,7 @@ class COCOProcessor:
 
         With no records, every file under `images_dir` is inspected (image_id is then null).
         """
-        images_dir = Path(images_dir)
+        images_dir = Path(images_dir).resolve()
         if image_records is None:
             files = sorted(p for p in images_dir.rglob("*") if p.is_file())
             rows = [{"image_id": None, "file_path": str(p)} for p in files]
@@ -102,7 +102,7 @@ class COCOProcessor:
 
     def ingest_batch(self, batch_dir: str | Path, batch_id: str | None = None) -> BatchIngestion:
         """Parse, validate and inspect a landing batch; raises COCOFormatError if it is unreadable."""
-        batch_dir = Path(batch_dir)
+        batch_dir = Path(batch_dir).resolve()
         batch_id = validate_batch_id(batch_id or batch_dir.name)
         annotations_path = batch_dir / ANNOTATIONS_FILE
         parsed = parse_coco(annotations_path)

@@ -48,6 +48,8 @@ def cached_delta_jars() -> list[Path]:
 def delta_spark_config(app_name: str = "cv_pipeline", master: str | None = None) -> dict[str, str]:
     """Spark settings for a small local session with Delta; usable by `SparkSession.builder` and
     `dagster_pyspark.PySparkResource(spark_config=...)` alike."""
+    # Local-mode Python workers follow PYSPARK_PYTHON rather than spark.pyspark.python.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     shuffle_partitions = os.environ.get("CV_PIPELINE_SHUFFLE_PARTITIONS", "4")
     config = {
         "spark.master": master or os.environ.get("CV_PIPELINE_SPARK_MASTER", "local[*]"),
@@ -55,6 +57,9 @@ def delta_spark_config(app_name: str = "cv_pipeline", master: str | None = None)
         "spark.sql.shuffle.partitions": shuffle_partitions,
         "spark.default.parallelism": shuffle_partitions,
         "spark.ui.enabled": "false",
+        # Python workers must run this interpreter, where cv_pipeline and its dependencies are installed.
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.memory": os.environ.get("CV_PIPELINE_SPARK_DRIVER_MEMORY", "2g"),
         "spark.sql.session.timeZone": "UTC",
@@ -79,9 +84,6 @@ def get_spark(app_name: str = "cv_pipeline"):
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    # Python workers must run this interpreter, where cv_pipeline and its dependencies are installed.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in delta_spark_config(app_name).items():
         builder = builder.config(key, value)

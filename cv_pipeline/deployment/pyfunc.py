@@ -9,6 +9,7 @@ import binascii
 import io
 import shutil
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,13 @@ IMAGE_COLUMN = "image"
 OUTPUT_COLUMNS = ("category_id", "label", "score")
 # The distributions the model needs at load time, pinned to what is installed where it was logged.
 _REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "cloudpickle")
-# The package root: copied (Python files only) into the model as `code/cv_pipeline`, so the model
-# loads where `cv_pipeline` is not importable, e.g. a server started from another directory.
+# The modules the pickled model needs, copied into it as `code/cv_pipeline/...` so it loads where
+# `cv_pipeline` is not importable (a server started from another directory). No `__init__.py` and
+# no top-level module is copied: where the project's own package is importable, its regular
+# packages take precedence over these namespace portions, so loading a model never shadows the
+# live code of a process.
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
+_MODEL_CODE = ("deployment/pyfunc.py", "models/classification.py")
 
 
 def encode_image(image: Image.Image, format: str = "PNG") -> str:
@@ -62,7 +67,7 @@ def decode_image(value: Any) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise ValueError(f"not a readable image ({error})") from error
+        raise ValueError(f"not a readable image file ({type(error).__name__})") from error
     return image
 
 
@@ -72,7 +77,9 @@ class ImageClassifierModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         self.model, self.spec = load_classifier_artifact(context.artifacts["classifier"])
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         """One output row per input row; `model_input[IMAGE_COLUMN]` holds base64 text or bytes.
 
         Raises ValueError naming the row and column of an undecodable image, or listing the
@@ -115,18 +122,12 @@ def _pinned_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in _REQUIREMENTS]
 
 
-def _stage_package_code(destination: Path) -> Path:
-    """A copy of the `cv_pipeline` package's Python files under `destination`, for `code_paths`."""
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        return {
-            name
-            for name in names
-            if name == "__pycache__" or (not name.endswith(".py") and not (Path(directory) / name).is_dir())
-        }
-
+def _stage_model_code(destination: Path) -> Path:
+    """`destination/cv_pipeline` holding the `_MODEL_CODE` modules, for `code_paths`."""
     target = destination / _PACKAGE_DIR.name
-    shutil.copytree(_PACKAGE_DIR, target, ignore=ignore)
+    for relative in _MODEL_CODE:
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_PACKAGE_DIR / relative, target / relative)
     return target
 
 
@@ -134,26 +135,31 @@ def log_classifier_model(classifier_path: Path, example_image: Image.Image, name
     """Log the classifier at `classifier_path` as a pyfunc model into the active MLflow run.
 
     The signature is inferred from `example_image` run through the model; requirements are pinned
-    to this environment, and the package code travels with the model, so it serves with
+    to this environment, and the modules it needs travel with it, so it serves with
     `--env-manager local` from any working directory. Raises RuntimeError without an active run.
     """
     classifier_path = Path(classifier_path)
     if not classifier_path.is_file():
         raise FileNotFoundError(f"classifier_path not found: {classifier_path}")
     if mlflow.active_run() is None:
-        raise RuntimeError("log_classifier_model needs an active MLflow run: call it inside mlflow.start_run()")
+        raise RuntimeError(
+            "log_classifier_model needs an active MLflow run: call it inside mlflow.start_run()"
+        )
 
     artifacts = {"classifier": str(classifier_path)}
     python_model = ImageClassifierModel()
     example_input = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_image)]})
     python_model.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
     example_output = python_model.predict(None, example_input)
-    signature = infer_signature(example_input, example_output)
+    with warnings.catch_warnings():
+        # mlflow hints that integer columns cannot hold missing values; category_id is never missing.
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        signature = infer_signature(example_input, example_output)
     # The weights are shipped as the `classifier` artifact; the pickled wrapper must not carry them too.
     del python_model.model, python_model.spec
 
     with tempfile.TemporaryDirectory(prefix="cv_pipeline_code_") as staging:
-        package_code = _stage_package_code(Path(staging))
+        package_code = _stage_model_code(Path(staging))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=python_model,

@@ -6,6 +6,7 @@ the `champion` alias, as in databricks/mlops-stacks.
 
 from __future__ import annotations
 
+import json
 import time
 
 from mlflow import MlflowClient
@@ -14,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 from mlflow.store.artifact.utils.models import _parse_model_uri
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from mlflow.utils.uri import is_models_uri
 
 CHAMPION = "champion"
@@ -58,18 +60,26 @@ class ModelRegistry:
             model_id=model_id,
             await_creation_for=REGISTRATION_TIMEOUT_S,
         )
-        return self._wait_until_ready(name, str(version.version), REGISTRATION_TIMEOUT_S)
+        ready = self._wait_until_ready(name, str(version.version), REGISTRATION_TIMEOUT_S)
+        if model_id is not None:
+            self._link_logged_model(model_id, name, ready)
+        return ready
 
     def _resolve_source(self, model_uri: str) -> tuple[str, str | None, str | None]:
-        """`(source, run_id, model_id)` for `create_model_version`, as `mlflow.register_model` does."""
+        """`(source, run_id, model_id)` for `create_model_version`.
+
+        Logged models (`models:/<model_id>`, and `runs:/<run_id>/<name>`, which mlflow 3 stores as
+        a logged model) are registered from their artifact location: the SQL registry store would
+        otherwise look the logged model up through the process-wide tracking URI, not this one.
+        """
         if is_models_uri(model_uri):
             parsed = _parse_model_uri(model_uri)
             if parsed.model_id is not None:
-                logged_model = self.client.get_logged_model(parsed.model_id)
-                return model_uri, logged_model.source_run_id, logged_model.model_id
+                return self._logged_model_source(parsed.model_id)
             if parsed.name is not None and parsed.version is not None:
                 existing = self.client.get_model_version(parsed.name, parsed.version)
-                return existing.source, existing.run_id, getattr(existing, "model_id", None)
+                source = self.client.get_model_version_download_uri(parsed.name, parsed.version)
+                return source, existing.run_id, getattr(existing, "model_id", None)
             raise ValueError(
                 f"model_uri {model_uri!r} must name a logged model (models:/<model_id>) or a version "
                 "(models:/<name>/<version>)"
@@ -85,11 +95,28 @@ class ModelRegistry:
                 if model.source_run_id == run_id
             ]
             if logged:
-                # mlflow 3 stores models as logged models, not under the run's artifacts.
                 newest = max(logged, key=lambda model: model.creation_timestamp)
-                return f"models:/{newest.model_id}", run_id, newest.model_id
-            return model_uri, run_id, None
+                return self._logged_model_source(newest.model_id)
+            # A model saved among the run's own artifacts (MLflow 2 style).
+            return RunsArtifactRepository.get_underlying_uri(model_uri), run_id, None
         return model_uri, None, None
+
+    def _logged_model_source(self, model_id: str) -> tuple[str, str | None, str]:
+        logged_model = self.client.get_logged_model(model_id)
+        return logged_model.artifact_location, logged_model.source_run_id, logged_model.model_id
+
+    def _link_logged_model(self, model_id: str, name: str, version: str) -> None:
+        """Record the new version on the logged model (`mlflow.modelVersions`), as
+        `mlflow.register_model` does, so the UI links the two."""
+        try:
+            logged_model = self.client.get_logged_model(model_id)
+        except MlflowException as error:
+            if error.error_code in _NOT_FOUND_CODES:
+                return  # a logged model in another workspace: nothing to link
+            raise
+        linked = json.loads(logged_model.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+        linked.append({"name": name, "version": version})
+        self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(linked)})
 
     def _wait_until_ready(self, name: str, version: str, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
@@ -113,12 +140,16 @@ class ModelRegistry:
 
     def version_for_alias(self, name: str, alias: str) -> str | None:
         """The version `alias` points at; None when the model or the alias does not exist."""
+        # Read the alias map rather than get_model_version_by_alias: stores disagree on the error
+        # code of a missing alias (the SQL store answers INVALID_PARAMETER_VALUE).
         try:
-            return str(self.client.get_model_version_by_alias(name, alias).version)
+            registered = self.client.get_registered_model(name)
         except MlflowException as error:
             if error.error_code in _NOT_FOUND_CODES:
                 return None
             raise
+        version = (registered.aliases or {}).get(alias)
+        return None if version is None else str(version)
 
     def promote(self, name: str, version: str) -> None:
         """Make `version` the champion; clear `challenger` if it pointed at that same version."""

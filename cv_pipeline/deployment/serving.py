@@ -32,7 +32,8 @@ _LOG_TAIL_CHARS = 4000
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """Where a model server listens; `reused` is True when it was already running."""
+    """Where a model server listens; `reused` is True when it was already running (always so
+    for `status()`, which only describes a running server)."""
 
     url: str
     port: int
@@ -46,7 +47,8 @@ def predict_over_http(url: str, images: Sequence[Image.Image], timeout_s: float 
 
     Raises RuntimeError with the status and body when the server does not answer 200.
     """
-    payload = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": [[encode_image(image)] for image in images]}}
+    rows = [[encode_image(image)] for image in images]
+    payload = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": rows}}
     response = requests.post(f"{url.rstrip('/')}/invocations", json=payload, timeout=timeout_s)
     if response.status_code != 200:
         raise RuntimeError(f"POST {url}/invocations answered {response.status_code}: {response.text[:2000]}")
@@ -63,8 +65,18 @@ def _ping(url: str) -> bool:
         return False
 
 
+def _client_host(host: str) -> str:
+    """The address to reach a server bound to `host` from this machine, as it goes in a URL."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
@@ -87,27 +99,46 @@ def _process_alive(pid: int) -> bool:
     return not _is_zombie(pid)
 
 
+def _group_command_lines(pgid: int) -> list[str] | None:
+    """Command lines of the live (non-zombie) processes in process group `pgid`; None where
+    `/proc` is not available."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    command_lines = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            if int(fields[2]) != pgid or fields[0] == "Z":
+                continue
+            command_line = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            command_lines.append(command_line.decode(errors="replace"))
+        except (OSError, IndexError, ValueError):
+            continue
+    return command_lines
+
+
 def _group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is left in the process group `pgid`."""
+    """Whether any live process is left in the process group `pgid` (zombies do not count)."""
+    command_lines = _group_command_lines(pgid)
+    if command_lines is not None:
+        return bool(command_lines)
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return True
+
+
+def _is_model_server_group(pgid: int) -> bool:
+    """Whether group `pgid` still runs the mlflow server, not a process that reused its id after
+    a reboot (assumed so where `/proc` cannot tell)."""
+    command_lines = _group_command_lines(pgid)
+    return command_lines is None or any("mlflow" in line for line in command_lines)
 
 
 class LocalModelServer:
@@ -148,10 +179,16 @@ class LocalModelServer:
         if not state or not self._healthy(state):
             return None
         return ServerInfo(
-            url=state["url"], port=int(state["port"]), pid=int(state["pid"]), model_uri=state["model_uri"], reused=True
+            url=state["url"],
+            port=int(state["port"]),
+            pid=int(state["pid"]),
+            model_uri=state["model_uri"],
+            reused=True,
         )
 
-    def ensure(self, model_uri: str, tracking_uri: str, port: int | None = None, timeout_s: float = 180) -> ServerInfo:
+    def ensure(
+        self, model_uri: str, tracking_uri: str, port: int | None = None, timeout_s: float = 180
+    ) -> ServerInfo:
         """A server for `model_uri`: the running one when it serves that URI (and `port`, if
         given) and answers /ping, otherwise a fresh one replacing whatever ran before.
 
@@ -164,7 +201,7 @@ class LocalModelServer:
         self.stop()
 
         port = int(port) if port is not None else _free_port(self.host)
-        url = f"http://{self.host}:{port}"
+        url = f"http://{_client_host(self.host)}:{port}"
         command = [
             sys.executable, "-m", "mlflow", "models", "serve",
             "-m", model_uri,
@@ -231,7 +268,7 @@ class LocalModelServer:
         if state and "pid" in state:
             pgid = int(state["pid"])  # the server leads its own session, so its pid is the group id
             self._reap()
-            if _group_alive(pgid):
+            if _group_alive(pgid) and _is_model_server_group(pgid):
                 stopped = True
                 self._signal_group(pgid, signal.SIGTERM)
                 if not self._wait_for_group_exit(pgid, _STOP_GRACE_S):

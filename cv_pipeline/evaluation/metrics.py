@@ -7,7 +7,7 @@ millions of samples.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +41,8 @@ def _as_labels(values: np.ndarray, argument: str, num_classes: int) -> np.ndarra
         if not whole.all():
             index = int(np.argmin(whole))
             raise ValueError(
-                f"{argument} must hold integer class indices; found {values[index].item()!r} at position {index}"
+                f"{argument} must hold integer class indices; "
+                f"found {values[index].item()!r} at position {index}"
             )
         labels = values.astype(np.int64)
     else:
@@ -82,7 +83,7 @@ class ClassificationMetrics:
     - `weighted_f1` weights each class's F1 by its support.
     """
 
-    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None):
+    def __init__(self, num_classes: int, class_names: list[str] | None = None):
         if int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.num_classes = int(num_classes)
@@ -103,7 +104,8 @@ class ClassificationMetrics:
                     f"predictions has {array.shape[1]} score columns but num_classes={self.num_classes} "
                     f"(shape {array.shape})"
                 )
-            if not (np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating)):
+            dtype = array.dtype
+            if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
                 raise ValueError(f"predictions scores must be real numbers, got dtype {array.dtype}")
             if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
                 row = int(np.argmin(np.isfinite(array).all(axis=1)))
@@ -112,7 +114,8 @@ class ClassificationMetrics:
         if array.ndim == 1:
             return _as_labels(array, "predictions", self.num_classes)
         raise ValueError(
-            f"predictions must be 1-D class indices or 2-D N x {self.num_classes} scores, got shape {array.shape}"
+            f"predictions must be 1-D class indices or 2-D N x {self.num_classes} scores, "
+            f"got shape {array.shape}"
         )
 
     def confusion_matrix(self, predictions: Any, ground_truth: Any) -> np.ndarray:

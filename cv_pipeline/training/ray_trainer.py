@@ -18,9 +18,9 @@ from cv_pipeline import settings
 DEFAULT_CONFIG = {
     "arch": "resnet18",
     "image_size": 64,
-    "epochs": 8,
-    "batch_size": 64,
-    "lr": 3e-3,
+    "epochs": 12,
+    "batch_size": 32,
+    "lr": 2e-3,
     "weight_decay": 1e-4,
     "label_smoothing": 0.05,
     "seed": 17,
@@ -91,7 +91,7 @@ def train_classifier_loop(config: dict) -> None:
         enable_model_summary=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
-        deterministic=not use_gpu,
+        deterministic=False,
         default_root_dir=tempfile.mkdtemp(prefix="cv_pipeline_pl_"),
     )
     trainer = prepare_trainer(trainer)
@@ -132,11 +132,13 @@ class RayTrainer:
         manifest = load_manifest(config["dataset_path"], config.get("dataset_version"))
         loop_config = {**DEFAULT_CONFIG, **config, "arch": self.model, "use_gpu": self.use_gpu,
                        "dataset_version": manifest.version, "num_classes": len(manifest.labels)}
-        cpus = self.cpus_per_worker or max(1, (os.cpu_count() or 1) // self.num_workers)
-        loop_config.setdefault("torch_threads", int(cpus))
+        # Workers reserve one logical CPU each and use the machine's cores through torch threads.
+        cpus = self.cpus_per_worker or 1
+        loop_config.setdefault("torch_threads", max(1, (os.cpu_count() or 1) // self.num_workers))
         if not ray.is_initialized():
             ray.init(
-                num_cpus=max(os.cpu_count() or 1, int(cpus * self.num_workers)),
+                # Ray Train's controller actors need a CPU slot beside the workers.
+                num_cpus=max(os.cpu_count() or 1, int(cpus * self.num_workers) + 1),
                 include_dashboard=False, log_to_driver=True, configure_logging=False,
                 object_store_memory=int(os.environ.get("CV_PIPELINE_RAY_OBJECT_STORE", 256 * 1024**2)),
             )

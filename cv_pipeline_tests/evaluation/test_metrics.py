@@ -43,7 +43,9 @@ def test_zero_division_and_absent_classes_follow_torchmetrics():
     metrics = ClassificationMetrics(4).compute_metrics([0, 0, 3, 0], [0, 1, 0, 0])
     per_class = {c["class_index"]: c for c in metrics["per_class"]}
     assert per_class[1]["precision"] == 0.0 and per_class[1]["recall"] == 0.0
-    assert per_class[2] == {"class_index": 2, "name": "2", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert per_class[2] == {
+        "class_index": 2, "name": "2", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0
+    }
     assert per_class[3]["support"] == 0 and per_class[3]["precision"] == 0.0
     # present classes: 0, 1, 3
     assert metrics["macro_precision"] == pytest.approx((2 / 3 + 0 + 0) / 3)
@@ -58,12 +60,14 @@ def test_agrees_with_torchmetrics_on_random_data(seed, num_classes):
     generator = torch.Generator().manual_seed(seed)
     target = torch.randint(0, num_classes, (2000,), generator=generator)
     # biased predictions, and one class that is never predicted, so averages differ from accuracy
-    preds = torch.where(torch.rand(2000, generator=generator) < 0.6, target, torch.randint(0, num_classes, (2000,), generator=generator))
+    noise = torch.randint(0, num_classes, (2000,), generator=generator)
+    preds = torch.where(torch.rand(2000, generator=generator) < 0.6, target, noise)
     preds[preds == num_classes - 1] = 0
     metrics = ClassificationMetrics(num_classes).compute_metrics(preds, target)
 
     kwargs = {"num_classes": num_classes, "average": "macro"}
-    assert metrics["accuracy"] == pytest.approx(float(multiclass_accuracy(preds, target, num_classes, average="micro")))
+    accuracy = multiclass_accuracy(preds, target, num_classes, average="micro")
+    assert metrics["accuracy"] == pytest.approx(float(accuracy))
     assert metrics["macro_precision"] == pytest.approx(float(multiclass_precision(preds, target, **kwargs)))
     assert metrics["macro_recall"] == pytest.approx(float(multiclass_recall(preds, target, **kwargs)))
     assert metrics["macro_f1"] == pytest.approx(float(multiclass_f1_score(preds, target, **kwargs)))
@@ -76,7 +80,9 @@ def test_agrees_with_torchmetrics_on_random_data(seed, num_classes):
 
 
 def test_probability_input_takes_argmax_and_accepts_numpy_and_tensors():
-    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]], dtype=np.float32)
+    probabilities = np.array(
+        [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]], dtype=np.float32
+    )
     truth = np.array([0, 1, 1, 0])
     computer = ClassificationMetrics(3)
     from_probabilities = computer.compute_metrics(probabilities, truth)

@@ -13,7 +13,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.mark.parametrize("normalize", [True, False])
 def test_confusion_matrix_png_is_a_decodable_png(normalize):
-    png = confusion_matrix_png([[5, 1, 0], [2, 7, 1], [0, 0, 0]], ["circle", "square", "triangle"], normalize=normalize)
+    counts = [[5, 1, 0], [2, 7, 1], [0, 0, 0]]
+    png = confusion_matrix_png(counts, ["circle", "square", "triangle"], normalize=normalize)
     assert png.startswith(PNG_SIGNATURE)
     image = Image.open(io.BytesIO(png))
     image.load()

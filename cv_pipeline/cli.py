@@ -1,0 +1,171 @@
+"""`cv-pipeline`: run the whole graph (or only ingestion) on the landing zone and print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    from cv_pipeline import settings
+
+    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home()))
+    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    return DagsterInstance.get()
+
+
+def step_failures(result) -> list[str]:
+    """The root-cause message of each failed step of an in-process run."""
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure and event.event_specific_data and event.event_specific_data.error:
+            error = event.event_specific_data.error
+            while error.cause is not None:
+                error = error.cause
+            messages.append(f"{event.step_key}: {error.message.strip()}")
+    return messages
+
+
+def ingest_batches(defs, instance, batches: list[str]) -> dict[str, dict]:
+    """Register every batch as a partition and run the ingestion job for it; one summary per batch."""
+    from cv_pipeline.defs.partitions import landing_batches
+
+    known = set(instance.get_dynamic_partitions(landing_batches.name))
+    new = [b for b in batches if b not in known]
+    if new:
+        instance.add_dynamic_partitions(landing_batches.name, new)
+    job = defs.resolve_job_def("ingest_batch")
+    outcomes = {}
+    for batch in batches:
+        started = time.perf_counter()
+        result = job.execute_in_process(instance=instance, partition_key=batch, raise_on_error=False)
+        checks = [(e.asset_key.to_user_string(), e.check_name, e.passed, e.severity.value)
+                  for e in result.get_asset_check_evaluations()]
+        materialized = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+                        for e in result.get_asset_materialization_events()}
+        failure = None
+        if not result.success:
+            failures = step_failures(result)
+            failure = failures[0] if failures else "run failed"
+        outcomes[batch] = {"success": result.success, "checks": checks, "materialized": materialized,
+                           "failure": failure, "seconds": time.perf_counter() - started}
+    return outcomes
+
+
+def print_ingestion(outcomes: dict[str, dict]) -> None:
+    for batch, outcome in outcomes.items():
+        status = "ok" if outcome["success"] else "FAILED"
+        print(f"\nbatch {batch}: {status} ({outcome['seconds']:.1f}s)")
+        images = outcome["materialized"].get("coco_images", {})
+        if images:
+            print(f"  read        {images.get('records_read')}")
+            print(f"  accepted    {images.get('accepted')}")
+            print(f"  quarantined {images.get('quarantined')} by reason "
+                  f"{outcome['materialized'].get('coco_quarantine', {}).get('quarantined_by_reason')}")
+        failed = [f"{table}:{name} ({severity})" for table, name, passed, severity in outcome["checks"] if not passed]
+        print(f"  checks      {len(outcome['checks']) - len(failed)}/{len(outcome['checks'])} passed"
+              + (f"; failed: {', '.join(failed)}" if failed else ""))
+        if outcome["failure"]:
+            print(f"  error       {outcome['failure'][:500]}")
+
+
+def print_tables() -> None:
+    from cv_pipeline import settings
+    from cv_pipeline.data.delta_io import is_delta_table
+
+    print("\nDelta tables")
+    for name in ("coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "training_dataset"):
+        path = settings.table_path(name)
+        if not is_delta_table(path):
+            print(f"  {name:18s} (not written)")
+            continue
+        from deltalake import DeltaTable
+
+        table = DeltaTable(path)
+        rows = table.to_pyarrow_dataset().count_rows()
+        print(f"  {name:18s} rows={rows:<6d} version={table.version():<3d} {path}")
+
+
+def run_training(defs, instance, epochs: int | None) -> bool:
+    run_config = {"ops": {"classifier_model": {"config": {"epochs": epochs}}}} if epochs else None
+    result = defs.resolve_job_def("train_and_deploy").execute_in_process(
+        instance=instance, run_config=run_config, raise_on_error=False)
+    meta = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}
+    checks = result.get_asset_check_evaluations()
+    dataset = meta.get("training_dataset", {})
+    if dataset:
+        print(f"\ntraining_dataset   version {dataset['delta_version']} splits {dataset['split_objects']} "
+              f"from {dataset['source_versions']}")
+    model = meta.get("classifier_model", {})
+    if model:
+        print(f"classifier_model   MLflow run {model['mlflow_run_id']} val_acc={model['val_acc']:.3f} "
+              f"epochs={model['epochs_run']}")
+    evaluation = meta.get("classifier_evaluation", {})
+    if evaluation:
+        print(f"evaluation (test)  accuracy={evaluation['accuracy']:.3f} macro_f1={evaluation['macro_f1']:.3f} "
+              f"on {evaluation['test_objects']} objects")
+    registered = meta.get("registered_classifier", {})
+    if registered:
+        print(f"registered model   {registered['model_name']} version {registered['version']} alias challenger")
+    for check in checks:
+        print(f"check              {check.check_name}: {'passed' if check.passed else 'FAILED'}")
+    champion = meta.get("champion_classifier", {})
+    if champion:
+        print(f"champion           {champion['model_name']} version {champion['version']} "
+              f"(previous: {champion['previous_champion']})")
+    serving = meta.get("serving_endpoint", {})
+    if serving:
+        print(f"serving            {serving['invocations_url']} (pid {serving['pid']})")
+        print(f"sample prediction  {serving['sample_response']} for {serving['sample_image']} "
+              f"(truth: {serving['sample_ground_truth']})")
+    if not result.success:
+        failures = step_failures(result)
+        print("\ntraining run FAILED: " + (failures[0][:1000] if failures else "see the Dagster run log"))
+    return result.success
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cv-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="ingest every landed batch, then train, evaluate, register and serve")
+    run.add_argument("--epochs", type=int, default=None, help="override the training epochs")
+    sub.add_parser("ingest", help="ingest every landed batch and run its quality checks only")
+    args = parser.parse_args(argv)
+
+    from cv_pipeline import settings
+    from cv_pipeline.data.processor import find_complete_batches
+
+    instance = _instance()
+    from cv_pipeline.definitions import defs
+
+    landing = settings.landing_dir()
+    batches = find_complete_batches(landing)
+    print(f"CV_PIPELINE_HOME   {settings.cv_pipeline_home()}")
+    print(f"landing zone       {landing}: {len(batches)} complete batches {batches}")
+    print(f"DAGSTER_HOME       {os.environ['DAGSTER_HOME']}")
+    if not batches:
+        print("nothing to ingest: a batch is a folder with annotations.json, images/ and a _SUCCESS marker")
+        return 1
+    outcomes = ingest_batches(defs, instance, batches)
+    print_ingestion(outcomes)
+    ok = all(outcome["success"] for outcome in outcomes.values())
+    if args.command == "ingest":
+        print_tables()
+        return 0 if ok else 1
+    if not ok:
+        print_tables()
+        print("\nnot training: an ingestion run failed (a blocking quality check or an unreadable batch)")
+        return 1
+    trained = run_training(defs, instance, args.epochs)
+    print_tables()
+    print(f"\nMLflow             {settings.mlflow_tracking_uri()}")
+    return 0 if trained else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Jobs: ingest one landing batch; train-evaluate-register-serve on everything ingested."""
+
+import dagster as dg
+
+from cv_pipeline.defs.partitions import landing_batches
+
+ingest_job = dg.define_asset_job(
+    "ingest_batch",
+    selection=dg.AssetSelection.groups("ingestion"),
+    partitions_def=landing_batches,
+    description="Ingest one landing batch into the COCO Delta tables and run its quality checks.",
+)
+
+training_job = dg.define_asset_job(
+    "train_and_deploy",
+    selection=dg.AssetSelection.groups("training", "evaluation", "deployment"),
+    description="Build the training dataset, train, evaluate, register, promote and serve the classifier.",
+)

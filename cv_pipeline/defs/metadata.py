@@ -1,0 +1,24 @@
+"""Reading what upstream assets recorded, and shaping metadata for the UI."""
+
+
+from typing import Any
+
+import dagster as dg
+
+
+def latest_metadata(context, asset_key: str | dg.AssetKey) -> dict[str, Any]:
+    """Plain values of the latest materialization's metadata of an asset; fails clearly if none."""
+    key = dg.AssetKey.from_coercible(asset_key)
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet; materialize it first")
+    return {name: value.value for name, value in event.asset_materialization.metadata.items()}
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value):
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Resources: each external system behind a typed, configurable resource."""
+
+
+from pathlib import Path
+
+import dagster as dg
+
+from cv_pipeline import settings
+
+
+class LakeResource(dg.ConfigurableResource):
+    """Where the Delta tables live (`$CV_PIPELINE_HOME/lake` locally)."""
+
+    lake_dir: str
+
+    def table_path(self, table_name: str) -> str:
+        return str(Path(self.lake_dir) / table_name)
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """The folder of landing batches, one sub-folder per batch id."""
+
+    landing_dir: str
+
+    def batch_dir(self, batch_id: str) -> Path:
+        from cv_pipeline.data.delta_io import validate_batch_id
+
+        return Path(self.landing_dir) / validate_batch_id(batch_id)
+
+    def complete_batches(self) -> list[str]:
+        from cv_pipeline.data.processor import find_complete_batches
+
+        return find_complete_batches(self.landing_dir)
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry: experiment and registered model names, store URIs."""
+
+    tracking_uri: str
+    registry_uri: str | None = None
+    artifact_root: str | None = None
+    experiment_name: str = "cv_pipeline"
+    model_name: str = "cv_pipeline_classifier"
+
+    def registry(self):
+        from cv_pipeline.deployment.registry import ModelRegistry
+
+        return ModelRegistry(self.tracking_uri, self.registry_uri)
+
+
+class PromotionPolicy(dg.ConfigurableResource):
+    """The rule a challenger must pass to become champion."""
+
+    min_accuracy: float = 0.6
+    min_macro_f1: float = 0.5
+
+
+class ServingResource(dg.ConfigurableResource):
+    """The local HTTP model server for the champion (`mlflow models serve`)."""
+
+    state_dir: str
+    host: str = "127.0.0.1"
+    port: int | None = None
+
+    def server(self):
+        from cv_pipeline.deployment.serving import LocalModelServer
+
+        return LocalModelServer(Path(self.state_dir), host=self.host)
+
+
+def local_resources() -> dict:
+    """The embedded defaults: everything under CV_PIPELINE_HOME on this machine."""
+    from dagster_pyspark import PySparkResource
+
+    from cv_pipeline.data.spark import delta_spark_config
+
+    return {
+        "spark": PySparkResource(spark_config=delta_spark_config()),
+        "lake": LakeResource(lake_dir=str(settings.lake_dir())),
+        "landing": LandingZoneResource(landing_dir=str(settings.landing_dir())),
+        "mlflow": MLflowResource(tracking_uri=settings.mlflow_tracking_uri(),
+                                 artifact_root=str(settings.mlflow_artifact_root())),
+        "promotion": PromotionPolicy(),
+        "serving": ServingResource(state_dir=str(settings.serving_dir())),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }

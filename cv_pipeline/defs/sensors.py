@@ -1,0 +1,37 @@
+"""Sensors: new complete landing batches become partitions and ingestion runs; a successful
+ingestion (every blocking check passed) requests retraining."""
+
+
+import json
+
+import dagster as dg
+
+from cv_pipeline.defs.jobs import ingest_job, training_job
+from cv_pipeline.defs.partitions import landing_batches
+from cv_pipeline.defs.resources import LandingZoneResource
+
+
+@dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Finds landing batches with a _SUCCESS marker that have not been ingested yet.")
+def landing_batch_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource) -> dg.SensorResult:
+    seen = set(json.loads(context.cursor)) if context.cursor else set()
+    new_batches = [batch for batch in landing.complete_batches() if batch not in seen]
+    if not new_batches:
+        return dg.SensorResult(skip_reason=f"No new complete batches in {landing.landing_dir}")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=batch, run_key=f"ingest-{batch}") for batch in new_batches],
+        dynamic_partitions_requests=[landing_batches.build_add_request(new_batches)],
+        cursor=json.dumps(sorted(seen | set(new_batches))),
+    )
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[ingest_job],
+    request_job=training_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Retrains when an ingestion run succeeded, i.e. every blocking quality check passed.",
+)
+def retrain_on_new_data(context: dg.RunStatusSensorContext):
+    batch = context.dagster_run.tags.get("dagster/partition", "unknown")
+    return dg.RunRequest(run_key=f"retrain-after-{context.dagster_run.run_id}", tags={"trigger_batch": batch})

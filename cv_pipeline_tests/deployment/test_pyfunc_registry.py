@@ -1,0 +1,155 @@
+import base64
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cv_pipeline.deployment.pyfunc import (
+    ImageClassifierModel,
+    decode_image,
+    encode_image,
+    log_classifier_model,
+)
+from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
+from cv_pipeline.models.classification import ClassifierSpec, build_classifier, save_classifier_artifact
+
+LABELS = [
+    {"index": 0, "category_id": 1, "name": "circle"},
+    {"index": 1, "category_id": 2, "name": "square"},
+    {"index": 2, "category_id": 7, "name": "triangle"},
+]
+
+
+def _image(seed: int, size=(40, 52)) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    """A throwaway SQLite tracking + registry store, set as the tracking URI for this module only."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment_id = mlflow.create_experiment("pyfunc-registry", artifact_location=str(root / "artifacts"))
+        yield {"uri": uri, "root": root, "experiment_id": experiment_id}
+    finally:
+        mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI, which set_tracking_uri exported
+        if previous_env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+@pytest.fixture(scope="module")
+def classifier_path(tmp_path_factory):
+    torch.manual_seed(0)
+    spec = ClassifierSpec(arch="resnet18", labels=LABELS, image_size=32)
+    return save_classifier_artifact(
+        tmp_path_factory.mktemp("classifier") / "model.pt", build_classifier("resnet18", 3), spec
+    )
+
+
+@pytest.fixture(scope="module")
+def logged_models(mlflow_store, classifier_path):
+    """Two logged pyfunc models (two runs) of the same classifier."""
+    infos = []
+    for _ in range(2):
+        with mlflow.start_run(experiment_id=mlflow_store["experiment_id"]) as run:
+            infos.append((run.info.run_id, log_classifier_model(classifier_path, _image(0))))
+    return infos
+
+
+def test_encode_decode_round_trip():
+    image = _image(1)
+    decoded = decode_image(encode_image(image))
+    assert decoded.size == image.size
+    assert np.array_equal(np.asarray(decoded), np.asarray(image))
+    raw_png = base64.b64decode(encode_image(image, "JPEG"))
+    assert decode_image(raw_png).format == "JPEG"
+    assert decode_image("data:image/png;base64," + encode_image(image)).size == image.size
+    with pytest.raises(ValueError, match="not valid base64"):
+        decode_image("not base64!")
+    with pytest.raises(ValueError, match="not a readable image"):
+        decode_image(b"plain bytes")
+
+
+def test_predict_validates_input_columns_and_rows(classifier_path):
+    model = ImageClassifierModel()
+    artifacts = {"classifier": str(classifier_path)}
+    context = mlflow.pyfunc.PythonModelContext(artifacts=artifacts, model_config=None)
+    model.load_context(context)
+    with pytest.raises(ValueError, match=r"received columns \['picture'\]"):
+        model.predict(None, pd.DataFrame({"picture": [encode_image(_image(0))]}))
+    frame = pd.DataFrame({"image": [encode_image(_image(0)), "%%%not-base64%%%"]})
+    with pytest.raises(ValueError, match=r"row 1, column 'image'"):
+        model.predict(None, frame)
+    raw = base64.b64decode(encode_image(_image(2)))
+    out = model.predict(None, pd.DataFrame({"image": [raw]}))
+    assert list(out.columns) == ["category_id", "label", "score"] and len(out) == 1
+    empty = model.predict(None, pd.DataFrame({"image": pd.Series([], dtype=object)}))
+    assert list(empty.columns) == ["category_id", "label", "score"] and len(empty) == 0
+
+
+def test_log_requires_an_active_run(classifier_path, mlflow_store):
+    assert mlflow.active_run() is None
+    with pytest.raises(RuntimeError, match="active MLflow run"):
+        log_classifier_model(classifier_path, _image(0))
+
+
+def test_register_aliases_promote_and_serve_champion(mlflow_store, logged_models):
+    (run_a, info_a), (run_b, info_b) = logged_models
+    registry = ModelRegistry(mlflow_store["uri"])
+    name = "shape_classifier"
+
+    assert registry.version_for_alias(name, CHAMPION) is None  # no such model
+    first = registry.register(info_a.model_uri, name, tags={"task": "classification"})
+    second = registry.register(f"runs:/{run_b}/model", name)  # a runs:/ URI resolves to the logged model
+    assert (first, second) == ("1", "2")
+    version = registry.client.get_model_version(name, second)
+    logged_b = registry.client.get_logged_model(info_b.model_id)
+    assert version.run_id == run_b and version.source == logged_b.artifact_location
+    assert json.loads(logged_b.tags["mlflow.modelVersions"]) == [{"name": name, "version": "2"}]
+    code_dir = Path(logged_b.artifact_location) / "code"
+    shipped = sorted(str(path.relative_to(code_dir)) for path in code_dir.rglob("*.py"))
+    assert shipped == ["cv_pipeline/deployment/pyfunc.py", "cv_pipeline/models/classification.py"]
+    assert registry.client.get_model_version(name, first).tags["task"] == "classification"
+    assert registry.version_for_alias(name, CHAMPION) is None  # model exists, alias does not
+
+    registry.set_alias(name, CHALLENGER, first)
+    assert registry.version_for_alias(name, CHALLENGER) == "1"
+    registry.promote(name, first)
+    assert registry.version_for_alias(name, CHAMPION) == "1"
+    assert registry.version_for_alias(name, CHALLENGER) is None  # cleared: it pointed at the promoted version
+
+    registry.set_alias(name, CHALLENGER, second)
+    registry.promote(name, first)  # a challenger at another version stays
+    assert registry.version_for_alias(name, CHALLENGER) == "2"
+    registry.promote(name, second)
+    assert registry.version_for_alias(name, CHAMPION) == "2"
+    assert registry.version_for_alias(name, CHALLENGER) is None
+    assert registry.model_uri(name, second) == "models:/shape_classifier/2"
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    frame = pd.DataFrame({"image": [encode_image(_image(3)), encode_image(_image(4), "JPEG")]})
+    predictions = model.predict(frame)
+    assert list(predictions.columns) == ["category_id", "label", "score"]
+    assert len(predictions) == 2
+    assert set(predictions["label"]) <= {"circle", "square", "triangle"}
+    assert set(predictions["category_id"]) <= {1, 2, 7}
+    assert predictions["score"].between(1 / 3, 1.0).all()  # top-1 of 3 classes
+
+    with pytest.raises(ValueError, match=r"row 1, column 'image'"):
+        model.predict(pd.DataFrame({"image": [encode_image(_image(3)), "bm90IGFuIGltYWdl"]}))
+
+
+def test_registry_errors_other_than_not_found_propagate(mlflow_store):
+    registry = ModelRegistry(mlflow_store["uri"])
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        registry.version_for_alias("", CHAMPION)  # an invalid name is not "missing"
