@@ -1,6 +1,7 @@
 """Resources: each external system behind a typed, configurable resource."""
 
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -80,7 +81,10 @@ def local_resources() -> dict:
         "landing": LandingZoneResource(landing_dir=str(settings.landing_dir())),
         "mlflow": MLflowResource(tracking_uri=settings.mlflow_tracking_uri(),
                                  artifact_root=str(settings.mlflow_artifact_root())),
-        "promotion": PromotionPolicy(),
+        "promotion": PromotionPolicy(
+            min_accuracy=float(os.environ.get("CV_PIPELINE_MIN_ACCURACY", 0.6)),
+            min_macro_f1=float(os.environ.get("CV_PIPELINE_MIN_MACRO_F1", 0.5)),
+        ),
         "serving": ServingResource(state_dir=str(settings.serving_dir())),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

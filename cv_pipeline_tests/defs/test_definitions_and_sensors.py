@@ -1,0 +1,59 @@
+"""The code location loads; sensors register batches once and retrain only after clean ingestion."""
+
+import json
+import shutil
+
+import dagster as dg
+
+from cv_pipeline.defs.partitions import landing_batches
+from cv_pipeline.defs.resources import LandingZoneResource
+from cv_pipeline.defs.sensors import landing_batch_sensor
+from cv_pipeline_tests.conftest import SAMPLES
+
+
+def test_definitions_load():
+    from cv_pipeline.definitions import defs
+
+    keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    assert keys == {"coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "training_dataset",
+                    "classifier_model", "classifier_evaluation", "registered_classifier", "champion_classifier",
+                    "serving_endpoint"}
+    assert defs.resolve_job_def("ingest_batch").partitions_def == landing_batches
+    assert defs.resolve_job_def("train_and_deploy") is not None
+    assert {s.name for s in defs.sensors} == {"landing_batch_sensor", "retrain_on_new_data"}
+    checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
+    assert {"annotations_unique_ids", "annotations_bbox_inside_image", "challenger_meets_threshold"} <= checks
+
+
+def test_unknown_environment_is_refused():
+    import pytest
+
+    from cv_pipeline.definitions import resources_for
+
+    with pytest.raises(ValueError, match="CV_PIPELINE_ENV='mars' is not available"):
+        resources_for("mars")
+
+
+def test_landing_sensor_adds_new_complete_batches_once(tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    shutil.copytree(SAMPLES / "landing" / "batch_0001", landing / "batch_0001")
+    shutil.copytree(SAMPLES / "defective" / "batch_incomplete", landing / "batch_incomplete")
+    resource = LandingZoneResource(landing_dir=str(landing))
+    instance = dg.DagsterInstance.ephemeral()
+
+    result = landing_batch_sensor(dg.build_sensor_context(instance=instance, cursor=None), landing=resource)
+    assert [r.partition_key for r in result.run_requests] == ["batch_0001"]
+    assert result.dynamic_partitions_requests[0].partition_keys == ["batch_0001"]
+    cursor = result.cursor
+    assert json.loads(cursor) == ["batch_0001"]
+
+    # nothing new: skipped, incomplete batch still waiting
+    again = landing_batch_sensor(dg.build_sensor_context(instance=instance, cursor=cursor), landing=resource)
+    assert not again.run_requests and "No new complete batches" in again.skip_reason.skip_message
+
+    # the copier finishes the incomplete batch: it is picked up, the first is not requested again
+    (landing / "batch_incomplete" / "_SUCCESS").touch()
+    later = landing_batch_sensor(dg.build_sensor_context(instance=instance, cursor=cursor), landing=resource)
+    assert [r.partition_key for r in later.run_requests] == ["batch_incomplete"]
+    assert json.loads(later.cursor) == ["batch_0001", "batch_incomplete"]

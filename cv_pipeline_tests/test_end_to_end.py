@@ -1,0 +1,62 @@
+"""The whole graph on the bundled samples, as `make run` runs it, then the served model over HTTP."""
+
+import os
+
+import pytest
+import requests
+from PIL import Image
+
+from cv_pipeline import settings
+from cv_pipeline.data.delta_io import read_table
+from cv_pipeline.deployment.pyfunc import encode_image
+from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
+from cv_pipeline.deployment.serving import LocalModelServer
+from cv_pipeline.models.classification import crop_object
+from cv_pipeline.training.dataset import load_split
+
+
+@pytest.mark.slow
+def test_cli_run_materializes_the_whole_graph_and_serves(capsys, monkeypatch):
+    from cv_pipeline.cli import main
+
+    # 8 epochs keep CI short; the promotion bar is lowered to match, the check itself runs for real.
+    monkeypatch.setenv("CV_PIPELINE_MIN_ACCURACY", "0.4")
+    monkeypatch.setenv("CV_PIPELINE_MIN_MACRO_F1", "0.3")
+    server = LocalModelServer(settings.serving_dir())
+    try:
+        assert main(["run", "--epochs", "8"]) == 0
+        out = capsys.readouterr().out
+        for expected in ("batch batch_0001: ok", "batch batch_0002: ok", "checks      12/12 passed",
+                         "registered model   cv_pipeline_classifier version 1 alias challenger",
+                         "check              challenger_meets_threshold: passed",
+                         "champion           cv_pipeline_classifier version 1", "serving            http://127.0.0.1:",
+                         "sample prediction"):
+            assert expected in out, (expected, out)
+
+        assert read_table(settings.table_path("coco_annotations")).num_rows == 542
+        assert read_table(settings.table_path("coco_quarantine")).num_rows == 0
+        registry = ModelRegistry(settings.mlflow_tracking_uri())
+        assert registry.version_for_alias("cv_pipeline_classifier", CHAMPION) == "1"
+        assert registry.version_for_alias("cv_pipeline_classifier", CHALLENGER) is None
+
+        # the server outlives the run that started it; ask it about a few test objects over HTTP
+        info = server.status()
+        assert info is not None and info.model_uri == "models:/cv_pipeline_classifier/1"
+        assert requests.get(f"{info.url}/ping", timeout=10).status_code == 200
+        rows = load_split(settings.table_path("training_dataset"), None, "test")[:8]
+        images = []
+        for row in rows:
+            with Image.open(row["file_path"]) as image:
+                images.append(encode_image(crop_object(image.convert("RGB"), (row["bbox_x"], row["bbox_y"],
+                                                                               row["bbox_w"], row["bbox_h"]))))
+        response = requests.post(f"{info.url}/invocations", timeout=60,
+                                 json={"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}})
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert len(predictions) == len(rows)
+        assert {p["category_id"] for p in predictions} <= {1, 2, 4, 5, 7, 9}
+        correct = sum(p["category_id"] == row["category_id"] for p, row in zip(predictions, rows))
+        assert correct >= 3, predictions  # far above chance (1/6) for a model that passed its check
+        assert os.path.exists(os.path.join(os.environ["DAGSTER_HOME"], "storage"))
+    finally:
+        server.stop()
