@@ -30,6 +30,7 @@ test-fast: setup
 
 dev: setup
 	mkdir -p $(CV_PIPELINE_HOME)/dagster_home
+	test -f $(CV_PIPELINE_HOME)/dagster_home/dagster.yaml || printf "telemetry:\n  enabled: false\n" > $(CV_PIPELINE_HOME)/dagster_home/dagster.yaml
 	DAGSTER_HOME=$(CV_PIPELINE_HOME)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml
 
 lock:

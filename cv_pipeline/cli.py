@@ -15,6 +15,10 @@ def _instance():
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home()))
     os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    config = os.path.join(os.environ["DAGSTER_HOME"], "dagster.yaml")
+    if not os.path.exists(config):
+        with open(config, "w") as handle:  # defaults: SQLite run, event and schedule storage here
+            handle.write("telemetry:\n  enabled: false\n")
     return DagsterInstance.get()
 
 

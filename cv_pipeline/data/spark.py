@@ -92,11 +92,46 @@ def get_spark(app_name: str = "cv_pipeline"):
     return spark
 
 
-def warm_jar_cache() -> list[Path]:
+# Delta's runtime dependencies that Spark does not ship (what Ivy resolves for delta-spark 4.1).
+MAVEN_FALLBACK_EXTRA = ("io.unitycatalog:unitycatalog-client:0.4.0", "com.google.code.findbugs:jsr305:3.0.2")
+
+
+def fetch_delta_jars_with_maven() -> list[Path]:
+    """Fallback when Spark's Ivy resolver cannot fetch the jars: `mvn dependency:copy` them into the
+    cache under Ivy's file names, so `cached_delta_jars` picks them up."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("mvn") is None:
+        raise RuntimeError("Spark could not resolve Delta's jars and Maven (mvn) is not installed")
+    coordinates = list(delta_maven_coordinates())
+    group, artifact, version = coordinates[0].split(":")
+    coordinates += [f"io.delta:delta-storage:{version}", *MAVEN_FALLBACK_EXTRA]
+    jars_dir = jar_cache_dir() / "jars"
+    jars_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for coordinate in coordinates:
+            subprocess.run(["mvn", "-q", "dependency:copy", f"-Dartifact={coordinate}", f"-DoutputDirectory={tmp}"],
+                           check=True, timeout=600)
+            group, artifact, version = coordinate.split(":")
+            shutil.move(str(Path(tmp) / f"{artifact}-{version}.jar"), jars_dir / f"{group}_{artifact}-{version}.jar")
+    return cached_delta_jars()
+
+
+def warm_jar_cache(use_maven: bool = False) -> list[Path]:
     """Resolve Delta's jars into the cache (needs Maven Central once) and check a Delta write works."""
     import tempfile
 
-    spark = get_spark("cv_pipeline_warm")
+    if use_maven:
+        fetch_delta_jars_with_maven()
+    try:
+        spark = get_spark("cv_pipeline_warm")
+    except Exception as exc:  # noqa: BLE001 - Ivy failures surface as a generic gateway error
+        if use_maven:
+            raise
+        print(f"Spark could not start with Ivy-resolved Delta jars ({exc}); trying mvn dependency:copy", file=sys.stderr)
+        return warm_jar_cache(use_maven=True)
     with tempfile.TemporaryDirectory() as tmp:
         spark.range(3).write.format("delta").save(tmp + "/t")
         rows = spark.read.format("delta").load(tmp + "/t").count()
@@ -110,6 +145,7 @@ def warm_jar_cache() -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["warm", "jars"])
+    parser.add_argument("--maven", action="store_true", help="fetch the jars with mvn instead of Spark's resolver")
     args = parser.parse_args(argv)
     if args.command == "jars":
         for jar in cached_delta_jars():
@@ -118,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if cached_delta_jars():
         print(f"Delta jars already cached in {jar_cache_dir()}")
         return 0
-    jars = warm_jar_cache()
+    jars = warm_jar_cache(use_maven=args.maven)
     print(f"Delta jars cached in {jar_cache_dir()}: {', '.join(j.name for j in jars)}")
     return 0
 

@@ -1,6 +1,5 @@
 import base64
 import json
-import os
 from pathlib import Path
 
 import mlflow
@@ -18,6 +17,7 @@ from cv_pipeline.deployment.pyfunc import (
 )
 from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
 from cv_pipeline.models.classification import ClassifierSpec, build_classifier, save_classifier_artifact
+from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
 
 LABELS = [
     {"index": 0, "category_id": 1, "name": "circle"},
@@ -34,17 +34,8 @@ def _image(seed: int, size=(40, 52)) -> Image.Image:
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory):
     """A throwaway SQLite tracking + registry store, set as the tracking URI for this module only."""
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        experiment_id = mlflow.create_experiment("pyfunc-registry", artifact_location=str(root / "artifacts"))
-        yield {"uri": uri, "root": root, "experiment_id": experiment_id}
-    finally:
-        mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI, which set_tracking_uri exported
-        if previous_env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+    with temporary_mlflow_store(tmp_path_factory.mktemp("mlflow"), "pyfunc-registry") as store:
+        yield store
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """A real `mlflow models serve` process: start, reuse across processes, replace, predict, stop."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from cv_pipeline.deployment.registry import ModelRegistry
 from cv_pipeline.deployment.serving import LocalModelServer, _process_alive
 from cv_pipeline.models.classification import ClassifierSpec, build_classifier, save_classifier_artifact
 from cv_pipeline.settings import REPO_ROOT
+from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
 
 pytestmark = pytest.mark.slow  # two server starts of ~30 s each on a 2-core machine
 
@@ -37,25 +37,17 @@ def _image(seed: int) -> Image.Image:
 def registered_versions(tmp_path_factory):
     """Two registered versions of a tiny classifier in a throwaway SQLite store."""
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        experiment_id = mlflow.create_experiment("serving", artifact_location=str(root / "artifacts"))
+    with temporary_mlflow_store(root, "serving") as store:
         spec = ClassifierSpec(arch="resnet18", labels=LABELS, image_size=32)
-        registry = ModelRegistry(uri)
+        registry = ModelRegistry(store["uri"])
         versions = []
         for seed in (0, 1):
             torch.manual_seed(seed)
             path = save_classifier_artifact(root / f"model_{seed}.pt", build_classifier("resnet18", 3), spec)
-            with mlflow.start_run(experiment_id=experiment_id):
+            with mlflow.start_run(experiment_id=store["experiment_id"]):
                 info = log_classifier_model(path, _image(0))
             versions.append(registry.register(info.model_uri, MODEL_NAME))
-        yield {"uri": uri, "versions": versions, "registry": registry}
-    finally:
-        mlflow.set_tracking_uri(None)  # also unsets the MLFLOW_TRACKING_URI that set_tracking_uri exported
-        if previous_env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+        yield {"uri": store["uri"], "versions": versions, "registry": registry}
 
 
 @pytest.fixture

@@ -59,3 +59,14 @@ def test_artifact_round_trip_predicts_the_same(tmp_path):
     torch.save({"hello": 1}, tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="not a cv_pipeline classifier artifact"):
         load_classifier_artifact(tmp_path / "junk.pt")
+
+
+def test_ray_trainer_validates_its_arguments():
+    from cv_pipeline import RayTrainer
+
+    with pytest.raises(ValueError, match="Unknown classifier architecture 'nope'"):
+        RayTrainer("nope")
+    with pytest.raises(ValueError, match="num_workers must be >= 1"):
+        RayTrainer("resnet18", num_workers=0)
+    with pytest.raises(ValueError, match="missing \\['dataset_path'\\]"):
+        RayTrainer("resnet18").train({})
