@@ -58,5 +58,19 @@ def test_cli_run_materializes_the_whole_graph_and_serves(capsys, monkeypatch):
         correct = sum(p["category_id"] == row["category_id"] for p, row in zip(predictions, rows))
         assert correct >= 3, predictions  # far above chance (1/6) for a model that passed its check
         assert os.path.exists(os.path.join(os.environ["DAGSTER_HOME"], "storage"))
+
+        # the quick-start DeploymentPipeline trains a second version on the same pinned data; promoting
+        # it replaces the running server
+        from cv_pipeline import DeploymentPipeline
+
+        outcome = DeploymentPipeline(None, None, "cv_pipeline_classifier", "cv_pipeline",
+                                     training={"epochs": 3}).run_pipeline(metrics_threshold=0.0)
+        assert outcome["version"] == "2" and outcome["promoted"]
+        assert registry.version_for_alias("cv_pipeline_classifier", CHAMPION) == "2"
+        replaced = server.status()
+        assert replaced.model_uri == "models:/cv_pipeline_classifier/2" and replaced.pid != info.pid
+        assert outcome["serving_url"] == replaced.url
+        assert requests.get(f"{replaced.url}/ping", timeout=10).status_code == 200
+        assert 0.0 <= outcome["metrics"]["accuracy"] <= 1.0
     finally:
         server.stop()

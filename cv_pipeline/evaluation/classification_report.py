@@ -41,12 +41,11 @@ def evaluate_classifier(model_uri: str, dataset_path: str, dataset_version: int,
         mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs resolve through the global tracking store
     model = mlflow.pyfunc.load_model(model_uri)
 
-    encoded, opened = [], {}
-    for row in rows:
-        if row["file_path"] not in opened:
-            with Image.open(row["file_path"]) as image:
-                opened = {row["file_path"]: image.convert("RGB")}
-        image = opened[row["file_path"]]
+    encoded, current_path, image = [], None, None
+    for row in rows:  # rows of one image are adjacent: open each file once
+        if row["file_path"] != current_path:
+            with Image.open(row["file_path"]) as opened:
+                image, current_path = opened.convert("RGB"), row["file_path"]
         crop = crop_object(image, (row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"]))
         encoded.append(encode_image(crop))
     predicted = []

@@ -170,4 +170,4 @@ def load_split(table_path: str | Path, version: int, split: str) -> list[dict]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     table = read_table(table_path, version, filters=[("split", "=", split)])
-    return table.sort_by([("batch_id", "ascending"), ("annotation_id", "ascending")]).to_pylist()
+    return table.sort_by([("batch_id", "ascending"), ("image_id", "ascending"), ("annotation_id", "ascending")]).to_pylist()
