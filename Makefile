@@ -29,8 +29,7 @@ test-fast: setup
 	$(PY) -m pytest cv_pipeline_tests -q -p no:cacheprovider -m "not slow"
 
 dev: setup
-	mkdir -p $(CV_PIPELINE_HOME)/dagster_home
-	test -f $(CV_PIPELINE_HOME)/dagster_home/dagster.yaml || printf "telemetry:\n  enabled: false\n" > $(CV_PIPELINE_HOME)/dagster_home/dagster.yaml
+	$(PY) -c "from cv_pipeline.cli import ensure_instance_config as e; e()"
 	DAGSTER_HOME=$(CV_PIPELINE_HOME)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml
 
 lock:

@@ -8,17 +8,35 @@ import sys
 import time
 
 
-def _instance():
-    from dagster import DagsterInstance
+INSTANCE_CONFIG = """\
+# Written by cv-pipeline: SQLite storage in this folder; one run at a time, since every run
+# starts Spark or Ray and a laptop has few cores.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    max_concurrent_runs: 1
+"""
 
+
+def ensure_instance_config() -> str:
+    """DAGSTER_HOME (default $CV_PIPELINE_HOME/dagster_home) with a dagster.yaml; returns its path."""
     from cv_pipeline import settings
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home()))
-    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
-    config = os.path.join(os.environ["DAGSTER_HOME"], "dagster.yaml")
+    home = os.environ["DAGSTER_HOME"]
+    os.makedirs(home, exist_ok=True)
+    config = os.path.join(home, "dagster.yaml")
     if not os.path.exists(config):
-        with open(config, "w") as handle:  # defaults: SQLite run, event and schedule storage here
-            handle.write("telemetry:\n  enabled: false\n")
+        with open(config, "w") as handle:
+            handle.write(INSTANCE_CONFIG)
+    return home
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    ensure_instance_config()
     return DagsterInstance.get()
 
 
@@ -108,7 +126,7 @@ def run_training(defs, instance, epochs: int | None) -> bool:
     model = meta.get("classifier_model", {})
     if model:
         print(f"classifier_model   MLflow run {model['mlflow_run_id']} val_acc={model['val_acc']:.3f} "
-              f"epochs={model['epochs_run']}")
+              f"best epoch={model['best_epoch']}")
     evaluation = meta.get("classifier_evaluation", {})
     if evaluation:
         print(f"evaluation (test)  accuracy={evaluation['accuracy']:.3f} macro_f1={evaluation['macro_f1']:.3f} "

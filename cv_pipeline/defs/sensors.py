@@ -15,6 +15,8 @@ from cv_pipeline.defs.resources import LandingZoneResource
            description="Finds landing batches with a _SUCCESS marker that have not been ingested yet.")
 def landing_batch_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource) -> dg.SensorResult:
     seen = set(json.loads(context.cursor)) if context.cursor else set()
+    # Batches ingested outside this sensor (`cv-pipeline run`, the UI) count as seen too.
+    seen |= set(context.instance.get_materialized_partitions(dg.AssetKey("coco_images")))
     new_batches = [batch for batch in landing.complete_batches() if batch not in seen]
     if not new_batches:
         return dg.SensorResult(skip_reason=f"No new complete batches in {landing.landing_dir}")
@@ -34,4 +36,11 @@ def landing_batch_sensor(context: dg.SensorEvaluationContext, landing: LandingZo
 )
 def retrain_on_new_data(context: dg.RunStatusSensorContext):
     batch = context.dagster_run.tags.get("dagster/partition", "unknown")
+    waiting = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name=training_job.name,
+                              statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]),
+        limit=1,
+    )
+    if waiting:  # a retraining run that has not started yet will read this batch too
+        return dg.SkipReason(f"batch {batch}: retraining run {waiting[0].run_id} is already waiting to start")
     return dg.RunRequest(run_key=f"retrain-after-{context.dagster_run.run_id}", tags={"trigger_batch": batch})

@@ -98,7 +98,7 @@ def main() -> None:
                 "dataset_version": {"raw_value": outcome["dataset_version"], "type": "int"},
                 "val_acc": {"raw_value": metrics.get("val_acc", float("nan")), "type": "float"},
                 "val_loss": {"raw_value": metrics.get("val_loss", float("nan")), "type": "float"},
-                "epochs_run": {"raw_value": int(metrics.get("epoch", -1)) + 1, "type": "int"},
+                "best_epoch": {"raw_value": int(metrics.get("epoch", -1)), "type": "int"},
                 "labels": {"raw_value": outcome["labels"], "type": "json"},
             },
         )

@@ -57,3 +57,15 @@ def test_landing_sensor_adds_new_complete_batches_once(tmp_path):
     later = landing_batch_sensor(dg.build_sensor_context(instance=instance, cursor=cursor), landing=resource)
     assert [r.partition_key for r in later.run_requests] == ["batch_incomplete"]
     assert json.loads(later.cursor) == ["batch_0001", "batch_incomplete"]
+
+
+def test_landing_sensor_skips_batches_ingested_elsewhere(tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    shutil.copytree(SAMPLES / "landing" / "batch_0001", landing / "batch_0001")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(landing_batches.name, ["batch_0001"])
+    instance.report_runless_asset_event(dg.AssetMaterialization("coco_images", partition="batch_0001"))
+    result = landing_batch_sensor(dg.build_sensor_context(instance=instance, cursor=None),
+                                  landing=LandingZoneResource(landing_dir=str(landing)))
+    assert not result.run_requests
