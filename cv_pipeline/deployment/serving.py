@@ -192,9 +192,22 @@ class LocalModelServer:
         """A server for `model_uri`: the running one when it serves that URI (and `port`, if
         given) and answers /ping, otherwise a fresh one replacing whatever ran before.
 
+        Concurrent callers (two runs promoting at once) are serialised by a file lock, so the
+        second one finds the first one's server instead of killing it while it starts.
         Raises RuntimeError with the tail of the server log when it exits or is not answering
         /ping within `timeout_s`.
         """
+        import fcntl
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "server.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return self._ensure_locked(model_uri, tracking_uri, port, timeout_s)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _ensure_locked(self, model_uri: str, tracking_uri: str, port: int | None, timeout_s: float) -> ServerInfo:
         current = self.status()
         if current is not None and current.model_uri == model_uri and port in (None, current.port):
             return current

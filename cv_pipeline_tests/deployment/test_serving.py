@@ -122,3 +122,18 @@ def test_failed_start_raises_with_log_tail(server, registered_versions):
     assert message.startswith("mlflow models serve for models:/served_classifier/99")
     assert "version=99) not found" in message  # from the tail of the server log
     assert not server.state_path.exists()
+
+
+@pytest.mark.slow
+def test_concurrent_ensure_calls_share_one_server(server, registered_versions):
+    """Two runs promoting at once must not kill each other's server while it starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    registry, uri = registered_versions["registry"], registered_versions["uri"]
+    model_uri = registry.model_uri(MODEL_NAME, registered_versions["versions"][0])
+    other = LocalModelServer(server.state_dir)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda s: s.ensure(model_uri, uri, timeout_s=240), (server, other)))
+    assert results[0].pid == results[1].pid
+    assert sorted(r.reused for r in results) == [False, True]
+    assert len(server.predict([_image(3)])) == 1
