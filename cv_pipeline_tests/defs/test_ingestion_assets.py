@@ -49,6 +49,10 @@ def test_good_batch_materializes_all_tables_and_passes_checks(workspace):
 
 def test_defective_batch_fails_blocking_checks_and_keeps_rejects(workspace):
     result = ingest(workspace, "batch_defective")
+    # failed blocking checks fail the run, so the retrain sensor (run success) and the CLI do not train
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "blocking asset checks failed" in str(failure.event_specific_data.error)
     failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
     assert {"annotations_unique_ids", "annotations_bbox_inside_image"} <= set(failed)
     assert 9000016 in failed["annotations_bbox_inside_image"].metadata["unexpected_sample"].value
