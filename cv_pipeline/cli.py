@@ -52,6 +52,12 @@ def step_failures(result) -> list[str]:
     return messages
 
 
+def materialized_metadata(result) -> dict[str, dict]:
+    """Plain metadata values of each asset an in-process run materialized, by asset name."""
+    return {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}
+
+
 def ingest_batches(defs, instance, batches: list[str]) -> dict[str, dict]:
     """Register every batch as a partition and run the ingestion job for it; one summary per batch."""
     from cv_pipeline.defs.partitions import landing_batches
@@ -67,8 +73,7 @@ def ingest_batches(defs, instance, batches: list[str]) -> dict[str, dict]:
         result = job.execute_in_process(instance=instance, partition_key=batch, raise_on_error=False)
         checks = [(e.asset_key.to_user_string(), e.check_name, e.passed, e.severity.value)
                   for e in result.get_asset_check_evaluations()]
-        materialized = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
-                        for e in result.get_asset_materialization_events()}
+        materialized = materialized_metadata(result)
         failure = None
         if not result.success:
             failures = step_failures(result)
@@ -116,8 +121,7 @@ def run_training(defs, instance, epochs: int | None) -> bool:
     run_config = {"ops": {"classifier_model": {"config": {"epochs": epochs}}}} if epochs else None
     result = defs.resolve_job_def("train_and_deploy").execute_in_process(
         instance=instance, run_config=run_config, raise_on_error=False)
-    meta = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
-            for e in result.get_asset_materialization_events()}
+    meta = materialized_metadata(result)
     checks = result.get_asset_check_evaluations()
     dataset = meta.get("training_dataset", {})
     if dataset:

@@ -4,14 +4,13 @@ import os
 
 import pytest
 import requests
-from PIL import Image
 
 from cv_pipeline import settings
 from cv_pipeline.data.delta_io import read_table
 from cv_pipeline.deployment.pyfunc import encode_image
 from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
 from cv_pipeline.deployment.serving import LocalModelServer
-from cv_pipeline.models.classification import crop_object
+from cv_pipeline.training.crops import crop_row
 from cv_pipeline.training.dataset import load_split
 
 
@@ -44,11 +43,7 @@ def test_cli_run_materializes_the_whole_graph_and_serves(capsys, monkeypatch):
         assert info is not None and info.model_uri == "models:/cv_pipeline_classifier/1"
         assert requests.get(f"{info.url}/ping", timeout=10).status_code == 200
         rows = load_split(settings.table_path("training_dataset"), None, "test")[:8]
-        images = []
-        for row in rows:
-            with Image.open(row["file_path"]) as image:
-                images.append(encode_image(crop_object(image.convert("RGB"), (row["bbox_x"], row["bbox_y"],
-                                                                               row["bbox_w"], row["bbox_h"]))))
+        images = [encode_image(crop_row(row)) for row in rows]
         response = requests.post(f"{info.url}/invocations", timeout=60,
                                  json={"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}})
         assert response.status_code == 200, response.text

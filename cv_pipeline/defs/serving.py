@@ -16,9 +16,7 @@ from cv_pipeline.defs.resources import MLflowResource, ServingResource
 )
 def serving_endpoint(context: dg.AssetExecutionContext, mlflow: MLflowResource,
                      serving: ServingResource) -> dg.MaterializeResult:
-    from PIL import Image
-
-    from cv_pipeline.models.classification import crop_object
+    from cv_pipeline.training.crops import crop_row
     from cv_pipeline.training.dataset import load_split
 
     champion = latest_metadata(context, "champion_classifier")
@@ -29,8 +27,7 @@ def serving_endpoint(context: dg.AssetExecutionContext, mlflow: MLflowResource,
                      f"for {info.model_uri}")
 
     sample = load_split(dataset["path"], int(dataset["delta_version"]), "test")[0]
-    with Image.open(sample["file_path"]) as image:
-        crop = crop_object(image.convert("RGB"), (sample["bbox_x"], sample["bbox_y"], sample["bbox_w"], sample["bbox_h"]))
+    crop = crop_row(sample)
     prediction = server.predict([crop])[0]
     truth = next(l["name"] for l in dataset["labels"] if l["category_id"] == sample["category_id"])
     return dg.MaterializeResult(metadata={

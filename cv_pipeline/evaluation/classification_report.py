@@ -23,12 +23,11 @@ def evaluate_classifier(model_uri: str, dataset_path: str, dataset_version: int,
     import mlflow
     import mlflow.pyfunc
     import pandas as pd
-    from PIL import Image
 
     from cv_pipeline.deployment.pyfunc import encode_image
     from cv_pipeline.evaluation.metrics import ClassificationMetrics
     from cv_pipeline.evaluation.plots import confusion_matrix_png
-    from cv_pipeline.models.classification import crop_object
+    from cv_pipeline.training.crops import iter_row_crops
     from cv_pipeline.training.dataset import load_manifest, load_split
 
     manifest = load_manifest(dataset_path, dataset_version)
@@ -41,13 +40,9 @@ def evaluate_classifier(model_uri: str, dataset_path: str, dataset_version: int,
         mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs resolve through the global tracking store
     model = mlflow.pyfunc.load_model(model_uri)
 
-    encoded, current_path, image = [], None, None
-    for row in rows:  # rows of one image are adjacent: open each file once
-        if row["file_path"] != current_path:
-            with Image.open(row["file_path"]) as opened:
-                image, current_path = opened.convert("RGB"), row["file_path"]
-        crop = crop_object(image, (row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"]))
-        encoded.append(encode_image(crop))
+    encoded = [""] * len(rows)
+    for index, crop in iter_row_crops(rows):
+        encoded[index] = encode_image(crop)
     predicted = []
     for start in range(0, len(encoded), batch_size):
         frame = model.predict(pd.DataFrame({"image": encoded[start:start + batch_size]}))

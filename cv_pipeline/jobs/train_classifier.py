@@ -25,10 +25,9 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
 def run_training(params: dict, log=print) -> dict:
     """Create the MLflow run, train on Ray, log the model; returns what the asset reports."""
     import mlflow
-    from PIL import Image
 
     from cv_pipeline.deployment.pyfunc import log_classifier_model
-    from cv_pipeline.models.classification import crop_object
+    from cv_pipeline.training.crops import crop_row
     from cv_pipeline.training.dataset import load_manifest, load_split
     from cv_pipeline.training.ray_trainer import RayTrainer
 
@@ -61,10 +60,7 @@ def run_training(params: dict, log=print) -> dict:
         "mlflow_run_id": run_id,
     })
 
-    example_row = load_split(manifest.table_path, manifest.version, "val")[0]
-    with Image.open(example_row["file_path"]) as image:
-        example = crop_object(image.convert("RGB"), (example_row["bbox_x"], example_row["bbox_y"],
-                                                     example_row["bbox_w"], example_row["bbox_h"]))
+    example = crop_row(load_split(manifest.table_path, manifest.version, "val")[0])
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"best_{k}": v for k, v in result.metrics.items() if k.startswith(("val_", "train_"))})
         mlflow.log_artifact(result.model_path, artifact_path="classifier")

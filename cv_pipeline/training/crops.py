@@ -7,6 +7,7 @@ tensors, so epochs run at tensor speed; augmentation (transforms v2) runs per sa
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Iterator
 
 import torch
 from PIL import Image
@@ -15,20 +16,35 @@ from torch.utils.data import Dataset
 from cv_pipeline.models.classification import IMAGENET_MEAN, IMAGENET_STD, crop_object
 
 
-def load_crops(rows: list[dict], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 crops `N x 3 x S x S` and int64 labels for manifest rows (order preserved)."""
+def row_bbox(row: dict) -> tuple[float, float, float, float]:
+    """The COCO `[x, y, w, h]` box of a training_dataset row."""
+    return row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"]
+
+
+def crop_row(row: dict) -> Image.Image:
+    """The object crop of one training_dataset row, as RGB."""
+    with Image.open(row["file_path"]) as opened:
+        return crop_object(opened.convert("RGB"), row_bbox(row))
+
+
+def iter_row_crops(rows: list[dict]) -> Iterator[tuple[int, Image.Image]]:
+    """`(index, crop)` for every row, opening each image file once however many objects it holds."""
     by_file: dict[str, list[int]] = defaultdict(list)
     for index, row in enumerate(rows):
         by_file[row["file_path"]].append(index)
-    crops = torch.empty((len(rows), 3, image_size, image_size), dtype=torch.uint8)
     for file_path, indices in by_file.items():
         with Image.open(file_path) as opened:
             image = opened.convert("RGB")
         for index in indices:
-            row = rows[index]
-            crop = crop_object(image, (row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"]))
-            crop = crop.resize((image_size, image_size), Image.BILINEAR)
-            crops[index] = torch.frombuffer(bytearray(crop.tobytes()), dtype=torch.uint8).view(image_size, image_size, 3).permute(2, 0, 1)
+            yield index, crop_object(image, row_bbox(rows[index]))
+
+
+def load_crops(rows: list[dict], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 crops `N x 3 x S x S` and int64 labels for manifest rows (order preserved)."""
+    crops = torch.empty((len(rows), 3, image_size, image_size), dtype=torch.uint8)
+    for index, crop in iter_row_crops(rows):
+        crop = crop.resize((image_size, image_size), Image.BILINEAR)
+        crops[index] = torch.frombuffer(bytearray(crop.tobytes()), dtype=torch.uint8).view(image_size, image_size, 3).permute(2, 0, 1)
     labels = torch.tensor([int(row["label"]) for row in rows], dtype=torch.int64)
     return crops, labels
 
