@@ -1,8 +1,18 @@
 """COCOProcessor: one landing batch to Spark DataFrames shaped like the Delta table contracts.
 
-Structural validation runs in `coco.parse_coco`; image files are read by Spark tasks; every
-rejected record becomes a quarantine row carrying its reason, so for each record type
-accepted + quarantined = read.
+Parsing and record validation run in `coco.parse_coco` (columnar, Arrow); image files are read
+by Spark tasks; every rejected record becomes a quarantine row carrying its reason and the
+source record, so for each record type accepted + quarantined = read.
+
+Keys: ids are the source's own and unique only within one export, so every table is keyed by
+(`batch_id`, id), and carries that key as one string too (`image_uid`, `annotation_uid`,
+`category_uid`: "<batch_id>:<id>") for joins across batches.
+
+Taxonomy: the batches of one landing zone share one set of categories. A category that conflicts
+with the categories of the batches already ingested (same id with another name, or the same name
+with another id) is not merged: it is quarantined (`taxonomy_conflict`), and so are its
+annotations (`category_rejected`). The first batch to define an id or name wins; fix the export
+(or the earlier batch) and re-ingest to resolve it.
 """
 
 from __future__ import annotations
@@ -12,10 +22,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Mapping
 
-import pandas as pd
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from cv_pipeline.data.coco import ParsedCOCO, RejectedRecord, parse_coco
+from cv_pipeline.data.coco import ParsedCOCO, parse_coco
 from cv_pipeline.data.delta_io import validate_batch_id
 from cv_pipeline.data.images import IMAGE_CHECK_COLUMNS, inspect_image_partitions
 
@@ -23,29 +36,33 @@ ANNOTATIONS_FILE = "annotations.json"
 IMAGES_DIR = "images"
 SUCCESS_MARKER = "_SUCCESS"
 
-IMAGES_SCHEMA = (
-    "batch_id string, image_id long, file_name string, file_path string, width int, height int, "
-    "license long, date_captured string, flickr_url string, coco_url string, extra_json string, "
-    "actual_width int, actual_height int, image_format string, color_mode string, channels int, "
-    "byte_size long, sha256 string, ingested_at timestamp"
-)
-ANNOTATIONS_SCHEMA = (
-    "batch_id string, annotation_id long, image_id long, category_id long, bbox_x double, bbox_y double, "
-    "bbox_w double, bbox_h double, area double, iscrowd int, segmentation string, segmentation_type string, "
-    "extra_json string, ingested_at timestamp"
-)
-CATEGORIES_SCHEMA = "batch_id string, category_id long, name string, supercategory string, extra_json string, ingested_at timestamp"
 QUARANTINE_SCHEMA = (
     "batch_id string, source_file string, record_type string, record_id string, record_json string, "
     "reason_code string, message string, quarantined_at timestamp"
 )
+BATCHES_SCHEMA = (
+    "batch_id string, source_file string, info_json string, licenses_json string, extra_json string, "
+    "records_read string, accepted string, quarantined string, quarantined_by_reason string, "
+    "decoding string, ingested_at timestamp"
+)
 _INSPECT_INPUT_SCHEMA = "image_id long, file_path string"
 _INSPECT_OUTPUT_SCHEMA = _INSPECT_INPUT_SCHEMA + ", " + ", ".join(f"{k} {v}" for k, v in IMAGE_CHECK_COLUMNS.items())
+_FILE_FACTS = {  # image table column <- inspection column, Arrow type
+    "file_path": ("file_path", pa.string()),
+    "actual_width": ("actual_width", pa.int32()),
+    "actual_height": ("actual_height", pa.int32()),
+    "channels": ("channels", pa.int32()),
+    "byte_size": ("byte_size", pa.int64()),
+    "image_format": ("image_format", pa.string()),
+    "color_mode": ("color_mode", pa.string()),
+    "sha256": ("sha256", pa.string()),
+}
+_ID_COLUMN = {"images": "image_id", "annotations": "annotation_id", "categories": "category_id"}
 
 
 @dataclass
 class BatchIngestion:
-    """The four DataFrames of one batch plus what was read, accepted and quarantined."""
+    """The DataFrames of one batch plus what was read, accepted and quarantined."""
 
     batch_id: str
     source_file: str
@@ -53,7 +70,9 @@ class BatchIngestion:
     annotations: object
     categories: object
     quarantine: object
+    batch: object = None  # one row: info, licenses, counts (for writing the batch back out as COCO)
     counts: dict = field(default_factory=dict)
+    parsed: ParsedCOCO | None = None
 
 
 def batch_record(batch_id: str, source_file: str, message: str, reason_code: str = "batch_unreadable") -> dict:
@@ -73,19 +92,19 @@ def batch_record(batch_id: str, source_file: str, message: str, reason_code: str
 class COCOProcessor:
     """Reads COCO landing batches into Spark DataFrames (the seed's quick-start API)."""
 
-    def __init__(self, spark, image_partitions: int | None = None):
+    def __init__(self, spark, image_partitions: int | None = None, store_image_bytes: bool = False):
         self.spark = spark
         self.image_partitions = image_partitions
+        self.store_image_bytes = store_image_bytes
 
     def load_coco_annotations(self, path: str | Path, batch_id: str | None = None):
-        """Structurally valid annotations of one COCO file as a Spark DataFrame."""
+        """Valid annotations of one COCO file as a Spark DataFrame (images are not inspected)."""
         path = Path(path)
         parsed = parse_coco(path)
         batch_id = validate_batch_id(batch_id or path.parent.name)
-        now = datetime.now(timezone.utc)
-        return self._frame([dict(a, batch_id=batch_id, ingested_at=now) for a in parsed.annotations], ANNOTATIONS_SCHEMA)
+        return self.spark.createDataFrame(_with_keys(parsed.annotations, batch_id, "annotation", _now()))
 
-    def process_images(self, images_dir: str | Path, image_records: list[dict] | None = None):
+    def process_images(self, images_dir: str | Path, image_records: pa.Table | list[dict] | None = None):
         """Inspect image files in Spark tasks: existence, full decode, size, format, channels, sha256.
 
         With no records, every file under `images_dir` is inspected (image_id is then null).
@@ -93,144 +112,189 @@ class COCOProcessor:
         images_dir = Path(images_dir).resolve()
         if image_records is None:
             files = sorted(p for p in images_dir.rglob("*") if p.is_file())
-            rows = [{"image_id": None, "file_path": str(p)} for p in files]
+            ids, paths = [None] * len(files), [str(p) for p in files]
         else:
-            rows = [{"image_id": r["image_id"], "file_path": str(images_dir / r["file_name"])} for r in image_records]
-        frame = self._frame(rows, _INSPECT_INPUT_SCHEMA)
-        partitions = self.image_partitions or max(1, min(len(rows), self.spark.sparkContext.defaultParallelism * 2))
+            records = image_records.to_pylist() if isinstance(image_records, pa.Table) else image_records
+            ids = [r["image_id"] for r in records]
+            paths = [str(images_dir / r["file_name"]) for r in records]
+        frame = self.spark.createDataFrame(
+            pa.table({"image_id": pa.array(ids, pa.int64()), "file_path": pa.array(paths, pa.string())}))
+        partitions = self.image_partitions or max(1, min(len(paths), self.spark.sparkContext.defaultParallelism * 2))
         return frame.repartition(partitions).mapInPandas(inspect_image_partitions, _INSPECT_OUTPUT_SCHEMA)
 
-    def ingest_batch(self, batch_dir: str | Path, batch_id: str | None = None) -> BatchIngestion:
-        """Parse, validate and inspect a landing batch; raises COCOFormatError if it is unreadable."""
+    def ingest_batch(self, batch_dir: str | Path, batch_id: str | None = None, *,
+                     taxonomy: Mapping[int, str] | None = None, inspect_images: bool = True) -> BatchIngestion:
+        """Parse, validate and inspect a landing batch; raises COCOFormatError if it is unreadable.
+
+        `taxonomy` maps category id to name for the batches already ingested (see the module
+        docstring). `inspect_images=False` takes image sizes as declared and reads no file (used to
+        measure annotation ingestion alone); the file columns are then null.
+        """
         batch_dir = Path(batch_dir).resolve()
         batch_id = validate_batch_id(batch_id or batch_dir.name)
-        annotations_path = batch_dir / ANNOTATIONS_FILE
-        parsed = parse_coco(annotations_path)
-        now = datetime.now(timezone.utc)
-        images_dir = batch_dir / IMAGES_DIR
-
-        inspected = self.process_images(images_dir, parsed.images).toPandas() if parsed.images else pd.DataFrame()
-        facts_by_id: dict[int, dict] = {}
-        for row in inspected.to_dict("records"):
-            facts_by_id.setdefault(int(row["image_id"]), row)  # duplicate ids share one file
-
-        accepted_images, rejected_image_ids = [], set()
-        for image in parsed.images:
-            facts = facts_by_id[image["image_id"]]
-            problem = _image_problem(image, facts)
-            if problem:
-                code, message = problem
-                parsed.reject("image", _source_image_record(image), code,
-                              f"{annotations_path}: image id={image['image_id']} field 'file_name' "
-                              f"({image['file_name']}): {message}")
-                rejected_image_ids.add(image["image_id"])
-                continue
-            accepted_images.append({
-                **image,
-                "batch_id": batch_id,
-                "file_path": facts["file_path"],
-                "actual_width": int(facts["actual_width"]),
-                "actual_height": int(facts["actual_height"]),
-                "channels": int(facts["channels"]),
-                "byte_size": int(facts["byte_size"]),
-                "image_format": facts["image_format"],
-                "color_mode": facts["color_mode"],
-                "sha256": facts["sha256"],
-                "ingested_at": now,
-            })
-
-        accepted_annotations = []
-        for annotation in parsed.annotations:
-            if annotation["image_id"] in rejected_image_ids:
-                parsed.rejected.append(RejectedRecord(
-                    "annotation", str(annotation["annotation_id"]), _source_annotation_record(annotation),
-                    "image_rejected",
-                    f"{annotations_path}: annotation id={annotation['annotation_id']} field 'image_id': "
-                    f"image {annotation['image_id']} was rejected",
-                ))
-                continue
-            accepted_annotations.append({**annotation, "batch_id": batch_id, "ingested_at": now})
-
-        categories = [{**c, "batch_id": batch_id, "ingested_at": now} for c in parsed.categories]
-        quarantine = [_quarantine_row(batch_id, parsed.source_file, r, now) for r in parsed.rejected]
-        counts = _counts(parsed, accepted_images, accepted_annotations, categories)
+        parsed = parse_coco(batch_dir / ANNOTATIONS_FILE)
+        now = _now()
+        if taxonomy:
+            apply_taxonomy(parsed, taxonomy)
+        images = parsed.images
+        if inspect_images:
+            images = self._inspect_and_reject(parsed, batch_dir / IMAGES_DIR)
+        else:
+            images = _append_null_facts(images)
+        images = _with_keys(images, batch_id, "image", now)
+        annotations = _with_keys(parsed.annotations, batch_id, "annotation", now)
+        categories = _with_keys(parsed.categories, batch_id, "category", now)
+        quarantine = quarantine_table(batch_id, parsed, now)
+        counts = _counts(parsed)
         return BatchIngestion(
             batch_id=batch_id,
             source_file=parsed.source_file,
-            images=self._frame(accepted_images, IMAGES_SCHEMA),
-            annotations=self._frame(accepted_annotations, ANNOTATIONS_SCHEMA),
-            categories=self._frame(categories, CATEGORIES_SCHEMA),
-            quarantine=self._frame(quarantine, QUARANTINE_SCHEMA),
+            images=self.spark.createDataFrame(images),
+            annotations=self.spark.createDataFrame(annotations),
+            categories=self.spark.createDataFrame(categories),
+            quarantine=self.spark.createDataFrame(quarantine, QUARANTINE_SCHEMA) if quarantine.num_rows
+            else self.spark.createDataFrame([], QUARANTINE_SCHEMA),
+            batch=self.spark.createDataFrame([tuple(batch_row(batch_id, parsed, counts, now).values())],
+                                             BATCHES_SCHEMA),
             counts=counts,
+            parsed=parsed,
         )
 
     def quarantine_frame(self, rows: list[dict]):
-        return self._frame(rows, QUARANTINE_SCHEMA)
-
-    def _frame(self, rows: list[dict], schema: str):
         from pyspark.sql.types import _parse_datatype_string
 
-        struct = _parse_datatype_string(schema)
-        names = [f.name for f in struct.fields]
-        return self.spark.createDataFrame([tuple(row.get(n) for n in names) for row in rows], struct)
+        struct = _parse_datatype_string(QUARANTINE_SCHEMA)
+        return self.spark.createDataFrame([tuple(row.get(f.name) for f in struct.fields) for row in rows], struct)
+
+    def _inspect_and_reject(self, parsed: ParsedCOCO, images_dir: Path) -> pa.Table:
+        """Inspect every accepted image's file; reject those missing, undecodable or of another size
+        (and their annotations); returns the remaining images with their file facts."""
+        if not parsed.images.num_rows:
+            return _append_null_facts(parsed.images)
+        images = parsed.images
+        facts = self.process_images(images_dir, images.select(["image_id", "file_name"])).toArrow().to_pandas()
+        facts = facts.drop_duplicates("image_id").set_index("image_id").reindex(images.column("image_id").to_numpy())
+        problems = [_image_problem(w, h, f) for w, h, f in zip(
+            images.column("width").to_pylist(), images.column("height").to_pylist(), facts.itertuples())]
+        bad = np.array([p is not None for p in problems], dtype=bool)
+        if bad.any():
+            ids = images.column("image_id").to_numpy()
+            names = images.column("file_name").to_pylist()
+            rows = np.flatnonzero(bad)
+            parsed.reject_rows("images", bad, [problems[i][0] for i in rows], [
+                f"{parsed.source_file}: image id={ids[i]} field 'file_name' ({names[i]}): {problems[i][1]}"
+                for i in rows])
+            refs = parsed.annotations.column("image_id").to_numpy()
+            mask = np.isin(refs, ids[bad])
+            annotation_ids = parsed.annotations.column("annotation_id").to_numpy()[mask]
+            parsed.reject_rows("annotations", mask, "image_rejected", [
+                f"{parsed.source_file}: annotation id={a} field 'image_id': image {i} was rejected"
+                for a, i in zip(annotation_ids, refs[mask])])
+            facts = facts[~bad]
+        images = parsed.images
+        for name, (source, type_) in _FILE_FACTS.items():
+            values = facts[source].tolist()
+            images = images.append_column(name, pa.array([None if v != v else v for v in values], type_))
+        return images
 
 
-def _image_problem(image: dict, facts: dict) -> tuple[str, str] | None:
-    if not facts["file_exists"]:
-        return "image_missing", facts["image_error"]
-    if not facts["decodable"]:
-        return "image_undecodable", facts["image_error"]
-    if (int(facts["actual_width"]), int(facts["actual_height"])) != (image["width"], image["height"]):
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _append_null_facts(images: pa.Table) -> pa.Table:
+    for name, (_, type_) in _FILE_FACTS.items():
+        images = images.append_column(name, pa.nulls(images.num_rows, type_))
+    return images
+
+
+def _with_keys(table: pa.Table, batch_id: str, kind: str, now: datetime) -> pa.Table:
+    """Prepend batch_id and the cross-batch key "<batch_id>:<id>"; append ingested_at."""
+    n = table.num_rows
+    id_column = f"{kind}_id"
+    uid = pc.binary_join_element_wise(pa.array([batch_id] * n, pa.string()),
+                                      pc.cast(table.column(id_column), pa.string()), ":")
+    columns = {"batch_id": pa.array([batch_id] * n, pa.string()), f"{kind}_uid": uid}
+    if kind == "annotation":
+        columns["image_uid"] = pc.binary_join_element_wise(
+            columns["batch_id"], pc.cast(table.column("image_id"), pa.string()), ":")
+    out = pa.table({**columns, **{name: table.column(name) for name in table.column_names}})
+    return out.append_column("ingested_at", pa.array([now] * n, pa.timestamp("us", tz="UTC")))
+
+
+def _image_problem(width: int, height: int, facts) -> tuple[str, str] | None:
+    if not facts.file_exists:
+        return "image_missing", facts.image_error
+    if not facts.decodable:
+        return "image_undecodable", facts.image_error
+    if (int(facts.actual_width), int(facts.actual_height)) != (width, height):
         return "image_size_mismatch", (
-            f"declared {image['width']}x{image['height']} but the file is "
-            f"{int(facts['actual_width'])}x{int(facts['actual_height'])}"
-        )
+            f"declared {width}x{height} but the file is {int(facts.actual_width)}x{int(facts.actual_height)}")
     return None
 
 
-def _source_image_record(image: dict) -> dict:
-    record = {"id": image["image_id"], "file_name": image["file_name"], "width": image["width"], "height": image["height"]}
-    for key in ("license", "date_captured", "flickr_url", "coco_url"):
-        if image.get(key) is not None:
-            record[key] = image[key]
-    if image.get("extra_json"):
-        record.update(json.loads(image["extra_json"]))
-    return record
+def apply_taxonomy(parsed: ParsedCOCO, taxonomy: Mapping[int, str]) -> list[int]:
+    """Quarantine categories that conflict with the landing zone's taxonomy (id -> name of the batches
+    already ingested), and their annotations; returns the conflicting category ids."""
+    by_name = {name: category_id for category_id, name in taxonomy.items()}
+    ids = parsed.categories.column("category_id").to_pylist()
+    names = parsed.categories.column("name").to_pylist()
+    messages, conflict = [], np.zeros(len(ids), dtype=bool)
+    for row, (category_id, name) in enumerate(zip(ids, names)):
+        known_name, known_id = taxonomy.get(category_id), by_name.get(name)
+        if known_name is not None and known_name != name:
+            why = f"id {category_id} is '{known_name}' in the batches already ingested"
+        elif known_id is not None and known_id != category_id:
+            why = f"name '{name}' has id {known_id} in the batches already ingested"
+        else:
+            continue
+        conflict[row] = True
+        messages.append(f"{parsed.source_file}: category id={category_id} field 'name' ('{name}'): "
+                        f"conflicts with the landing zone's taxonomy: {why}")
+    if not conflict.any():
+        return []
+    rejected = [i for i, bad in zip(ids, conflict) if bad]
+    parsed.reject_rows("categories", conflict, "taxonomy_conflict", messages)
+    refs = parsed.annotations.column("category_id").to_numpy()
+    mask = np.isin(refs, rejected)
+    annotation_ids = parsed.annotations.column("annotation_id").to_numpy()[mask]
+    parsed.reject_rows("annotations", mask, "category_rejected", [
+        f"{parsed.source_file}: annotation id={a} field 'category_id': category {c} was quarantined "
+        f"(taxonomy conflict)" for a, c in zip(annotation_ids, refs[mask])])
+    return rejected
 
 
-def _source_annotation_record(annotation: dict) -> dict:
-    record = {
-        "id": annotation["annotation_id"],
-        "image_id": annotation["image_id"],
-        "category_id": annotation["category_id"],
-        "bbox": [annotation["bbox_x"], annotation["bbox_y"], annotation["bbox_w"], annotation["bbox_h"]],
-        "area": annotation["area"],
-        "iscrowd": annotation["iscrowd"],
-        "segmentation": json.loads(annotation["segmentation"]) if annotation["segmentation"] else None,
-    }
-    if annotation.get("extra_json"):
-        record.update(json.loads(annotation["extra_json"]))
-    return record
+def quarantine_table(batch_id: str, parsed: ParsedCOCO, now: datetime) -> pa.Table:
+    rejected = parsed.rejected
+    return pa.table({
+        "batch_id": pa.array([batch_id] * len(rejected), pa.string()),
+        "source_file": pa.array([parsed.source_file] * len(rejected), pa.string()),
+        "record_type": pa.array([r.record_type for r in rejected], pa.string()),
+        "record_id": pa.array([r.record_id for r in rejected], pa.string()),
+        "record_json": pa.array([r.as_json() for r in rejected], pa.string()),
+        "reason_code": pa.array([r.reason_code for r in rejected], pa.string()),
+        "message": pa.array([r.message for r in rejected], pa.string()),
+        "quarantined_at": pa.array([now] * len(rejected), pa.timestamp("us", tz="UTC")),
+    })
 
 
-def _quarantine_row(batch_id: str, source_file: str, rejected: RejectedRecord, now: datetime) -> dict:
-    return {
-        "batch_id": batch_id,
-        "source_file": source_file,
-        "record_type": rejected.record_type,
-        "record_id": rejected.record_id,
-        "record_json": json.dumps(rejected.record, default=str),
-        "reason_code": rejected.reason_code,
-        "message": rejected.message,
-        "quarantined_at": now,
-    }
+def batch_row(batch_id: str, parsed: ParsedCOCO, counts: dict, now: datetime) -> dict:
+    """The `coco_batches` row: what a COCO writer needs besides the records, and the counts."""
+    dump = json.dumps
+    return {"batch_id": batch_id, "source_file": parsed.source_file, "info_json": dump(parsed.info),
+            "licenses_json": dump(parsed.licenses), "extra_json": dump(parsed.extra),
+            "records_read": dump(counts["read"]), "accepted": dump(counts["accepted"]),
+            "quarantined": dump(counts["quarantined"]),
+            "quarantined_by_reason": dump(counts["quarantined_by_reason"]), "decoding": dump(parsed.decoding),
+            "ingested_at": now}
 
 
-def _counts(parsed: ParsedCOCO, images: list, annotations: list, categories: list) -> dict:
+def _counts(parsed: ParsedCOCO) -> dict:
     quarantined = Counter(r.record_type for r in parsed.rejected)
     return {
         "read": dict(parsed.counts_read),
-        "accepted": {"images": len(images), "annotations": len(annotations), "categories": len(categories)},
+        "accepted": {"images": parsed.images.num_rows, "annotations": parsed.annotations.num_rows,
+                     "categories": parsed.categories.num_rows},
         "quarantined": {"images": quarantined["image"], "annotations": quarantined["annotation"],
                         "categories": quarantined["category"]},
         "quarantined_by_reason": dict(sorted(Counter(r.reason_code for r in parsed.rejected).items())),

@@ -47,8 +47,10 @@ def test_truncated_sample_batch_is_invalid_json():
     [
         ("[1, 2]", "top level must be a JSON object, got list"),
         ('{"images": [], "annotations": []}', "missing top-level key 'categories'"),
-        ('{"images": {}, "annotations": [], "categories": []}', "'images' must be a list, got dict"),
-        ('{"images": [], "annotations": [{"area": NaN}], "categories": []}', "NaN is not a valid JSON number"),
+        ('{"images": {}, "annotations": [], "categories": []}', "'images' must be a list, got object"),
+        ('{"images": [], "annotations": 3, "categories": []}', "'annotations' must be a list, got number"),
+        ('"text"', "top level must be a JSON object, got string"),
+        ('', "invalid JSON at line 1 column 1"),
     ],
 )
 def test_document_level_errors(tmp_path, raw, match):
@@ -63,11 +65,12 @@ def test_missing_file(tmp_path):
 
 def test_valid_document_is_normalised(tmp_path):
     parsed = parse_coco(write(tmp_path, document()))
-    assert [a["annotation_id"] for a in parsed.annotations] == [5]
-    annotation = parsed.annotations[0]
+    annotations = parsed.rows("annotations")
+    assert [a["annotation_id"] for a in annotations] == [5]
+    annotation = annotations[0]
     assert annotation["iscrowd"] == 0  # missing iscrowd means 0, as pycocotools assumes
     assert annotation["segmentation_type"] == "polygon"
-    assert parsed.categories[1]["supercategory"] is None
+    assert parsed.rows("categories")[1]["supercategory"] is None
     assert parsed.rejected == []
 
 
@@ -89,7 +92,7 @@ def test_valid_document_is_normalised(tmp_path):
 def test_bad_annotation_is_rejected_with_reason(tmp_path, annotation, reason, field):
     base = document()["annotations"][0]
     parsed = parse_coco(write(tmp_path, document(annotations=[{**base, **annotation}])))
-    assert parsed.annotations == []
+    assert parsed.annotations.num_rows == 0
     [rejected] = parsed.rejected
     assert rejected.reason_code == reason
     assert "annotations[0]" in rejected.message and f"field '{field}'" in rejected.message
@@ -100,7 +103,7 @@ def test_bad_annotation_is_rejected_with_reason(tmp_path, annotation, reason, fi
 def test_file_names_escaping_the_batch_are_rejected(tmp_path, file_name):
     images = [{"id": 1, "file_name": file_name, "width": 10, "height": 10}]
     parsed = parse_coco(write(tmp_path, document(images=images)))
-    assert parsed.images == []
+    assert parsed.images.num_rows == 0
     assert {r.reason_code for r in parsed.rejected if r.record_type == "image"} == {"unsafe_path"}
     # its annotation is rejected because its image was, not silently dropped
     assert {r.reason_code for r in parsed.rejected if r.record_type == "annotation"} == {"image_rejected"}
@@ -121,8 +124,10 @@ def test_rle_segmentations_are_accepted(tmp_path):
     base = document()["annotations"][0]
     annotations = [
         {**base, "id": 6, "iscrowd": 1, "segmentation": {"size": [10, 10], "counts": [0, 5, 95]}},
-        {**base, "id": 7, "iscrowd": 1, "segmentation": {"size": [10, 10], "counts": "0:5"}},
+        {**base, "id": 7, "iscrowd": 1, "segmentation": {"size": [10, 10], "counts": "05o2"}},  # pycocotools.mask.encode of 5 pixels
     ]
     parsed = parse_coco(write(tmp_path, document(annotations=annotations)))
-    assert [a["segmentation_type"] for a in parsed.annotations] == ["rle_uncompressed", "rle"]
-    assert not math.isnan(parsed.annotations[0]["area"])
+    rows = parsed.rows("annotations")
+    assert [a["segmentation_type"] for a in rows] == ["rle_uncompressed", "rle"]
+    assert [(a["rle_height"], a["rle_width"], a["segmentation_area"]) for a in rows] == [(10, 10, 5.0), (10, 10, 5.0)]
+    assert not math.isnan(rows[0]["area"])
