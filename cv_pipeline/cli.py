@@ -84,15 +84,19 @@ def ingest_batches(defs, instance, batches: list[str]) -> dict[str, dict]:
 
 
 def print_ingestion(outcomes: dict[str, dict]) -> None:
+    """Per batch: records read, accepted and quarantined (by type and by reason), and the failed checks."""
     for batch, outcome in outcomes.items():
         status = "ok" if outcome["success"] else "FAILED"
         print(f"\nbatch {batch}: {status} ({outcome['seconds']:.1f}s)")
         images = outcome["materialized"].get("coco_images", {})
         if images:
-            print(f"  read        {images.get('records_read')}")
-            print(f"  accepted    {images.get('accepted')}")
-            print(f"  quarantined {images.get('quarantined')} by reason "
-                  f"{outcome['materialized'].get('coco_quarantine', {}).get('quarantined_by_reason')}")
+            read, accepted, quarantined = images.get("records_read"), images.get("accepted"), images.get("quarantined")
+            print(f"  {'':12s}{'read':>8s}{'accepted':>10s}{'quarantined':>13s}")
+            for kind in ("images", "annotations", "categories"):
+                print(f"  {kind:12s}{read[kind]:>8d}{accepted[kind]:>10d}{quarantined[kind]:>13d}")
+            reasons = outcome["materialized"].get("coco_quarantine", {}).get("quarantined_by_reason") or {}
+            if reasons:
+                print("  quarantined by reason: " + ", ".join(f"{code} {count}" for code, count in reasons.items()))
         failed = [f"{table}:{name} ({severity})" for table, name, passed, severity in outcome["checks"] if not passed]
         print(f"  checks      {len(outcome['checks']) - len(failed)}/{len(outcome['checks'])} passed"
               + (f"; failed: {', '.join(failed)}" if failed else ""))
@@ -105,16 +109,17 @@ def print_tables() -> None:
     from cv_pipeline.data.delta_io import is_delta_table
 
     print("\nDelta tables")
-    for name in ("coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "training_dataset"):
+    for name in ("coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "coco_batches",
+                 "coco_quality_metrics", "training_dataset"):
         path = settings.table_path(name)
         if not is_delta_table(path):
-            print(f"  {name:18s} (not written)")
+            print(f"  {name:20s} (not written)")
             continue
         from deltalake import DeltaTable
 
         table = DeltaTable(path)
         rows = table.to_pyarrow_dataset().count_rows()
-        print(f"  {name:18s} rows={rows:<6d} version={table.version():<3d} {path}")
+        print(f"  {name:20s} rows={rows:<6d} version={table.version():<3d} {path}")
 
 
 def run_training(defs, instance, epochs: int | None) -> bool:

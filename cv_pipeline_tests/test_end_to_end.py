@@ -1,6 +1,7 @@
 """The whole graph on the bundled samples, as `make run` runs it, then the served model over HTTP."""
 
 import os
+import re
 
 import pytest
 import requests
@@ -25,7 +26,8 @@ def test_cli_run_materializes_the_whole_graph_and_serves(capsys, monkeypatch):
     try:
         assert main(["run", "--epochs", "8"]) == 0
         out = capsys.readouterr().out
-        for expected in ("batch batch_0001: ok", "batch batch_0002: ok", "checks      12/12 passed",
+        assert re.search(r"checks      (\d+)/\1 passed", out), out
+        for expected in ("batch batch_0001: ok", "batch batch_0002: ok",
                          "registered model   cv_pipeline_classifier version 1 alias challenger",
                          "check              challenger_meets_threshold: passed",
                          "champion           cv_pipeline_classifier version 1", "serving            http://127.0.0.1:",

@@ -79,7 +79,13 @@ class ParsedCOCO:
 
     def source_record(self, section: str, index: int) -> Any:
         """The record at `index` of a section as it was decoded (for quarantining it later)."""
+        if section not in self._records:  # released: decode the file again (rare: late rejects only)
+            self._records = {k: v for k, v in zip(REQUIRED_TOP_LEVEL, _decode_sections(Path(self.source_file)))}
         return _plain(self._records[section][index])
+
+    def release_sources(self) -> None:
+        """Drop the decoded source records (most of the parse's memory); the tables stay."""
+        self._records = {}
 
     def reject_rows(self, section: str, mask, reason_codes: str | list[str], messages: list[str]) -> None:
         """Move accepted rows of a section (where `mask` is set) to the rejected records, with the
@@ -115,7 +121,7 @@ IMAGE_COLUMNS = pa.schema([
 ANNOTATION_COLUMNS = pa.schema([
     ("annotation_id", pa.int64()), ("image_id", pa.int64()), ("category_id", pa.int64()),
     ("bbox_x", pa.float64()), ("bbox_y", pa.float64()), ("bbox_w", pa.float64()), ("bbox_h", pa.float64()),
-    ("area", pa.float64()), ("iscrowd", pa.int32()), ("segmentation", pa.string()),
+    ("area", pa.float64()), ("iscrowd", pa.int32()), ("segmentation", pa.string()),  # large_string past 2 GB
     ("segmentation_type", pa.string()), ("segmentation_area", pa.float64()), ("polygon_count", pa.int32()),
     ("min_polygon_coords", pa.int32()), ("odd_polygon_parts", pa.int32()), ("rle_height", pa.int32()),
     ("rle_width", pa.int32()), ("keypoints", pa.string()), ("num_keypoints", pa.int32()),
@@ -305,6 +311,11 @@ def parse_coco(path: str | Path, document: dict | None = None) -> ParsedCOCO:
     _parse_annotations(parsed, sections["annotations"], source, image_ids, rejected_images,
                        category_ids, rejected_categories)
     return parsed
+
+
+def _decode_sections(path: Path) -> list[list]:
+    top = _decode_top_level(_read_bytes(path), path)
+    return [_decode_section(top[key], key, path)[0] for key in REQUIRED_TOP_LEVEL]
 
 
 def _value(raw: Any) -> Any:
@@ -607,8 +618,7 @@ def _parse_annotations(parsed: ParsedCOCO, records: list, source: str, image_ids
         "bbox_w": pa.array(bbox[rows, 2]), "bbox_h": pa.array(bbox[rows, 3]),
         "area": pa.array(np.fromiter((c["area"][i] for i in rows), np.float64, len(rows))),
         "iscrowd": pa.array([0 if (v := iscrowd[i]) is _MISSING else v for i in rows], pa.int32()),
-        "segmentation": pa.array([None if (s := segmentation[i]) is _MISSING else bytes(s) for i in rows],
-                                 pa.binary()).cast(pa.string()),
+        "segmentation": _json_text_column(segmentation, rows),
         "segmentation_type": pa.array(geometry["type"][rows], pa.string()),
         "segmentation_area": _masked(geometry["area"][rows], pa.float64()),
         "polygon_count": _masked(geometry["parts"][rows], pa.int32()),
@@ -622,6 +632,22 @@ def _parse_annotations(parsed: ParsedCOCO, records: list, source: str, image_ids
         "source_index": pa.array(rows, pa.int64()),
     }, schema=ANNOTATION_COLUMNS)
     section.reject_into(parsed)
+
+
+def _json_text_column(values: list, rows: np.ndarray) -> pa.Array:
+    """A string column of JSON texts (msgspec.Raw or bytes; _MISSING is null) with a single copy of
+    the bytes: one join, offsets from the lengths."""
+    n = len(rows)
+    present = np.fromiter((values[i] is not _MISSING for i in rows), bool, n)
+    buffers = [values[i] for i in rows[present]]
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[present] = np.fromiter((memoryview(b).nbytes for b in buffers), np.int64, len(buffers))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    data = pa.py_buffer(b"".join(buffers))
+    validity = None if present.all() else pa.array(present).buffers()[1]
+    array = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), data, validity, null_count=int(n - present.sum()))
+    array.validate(full=True)  # the texts are UTF-8 JSON; this proves it before anything is written
+    return array.cast(pa.string()) if offsets[-1] < 2**31 else array
 
 
 def _masked(values: np.ndarray, type_: pa.DataType) -> pa.Array:
@@ -676,8 +702,8 @@ class _Segmentations:
         from concurrent.futures import ThreadPoolExecutor
 
         n = len(values)
-        self.texts = [None if v is _MISSING else bytes(v) for v in values]
-        self.polygon_rows = np.fromiter((t is not None and t[:1] == b"[" for t in self.texts), bool, n)
+        self.texts = values  # msgspec.Raw or encoded bytes (buffers: joined without copying each one)
+        self.polygon_rows = np.fromiter((t is not _MISSING and memoryview(t)[0] == 91 for t in values), bool, n)
         rows = np.flatnonzero(self.polygon_rows)
         chunks = [[self.texts[i] for i in rows[k:k + _POLYGON_CHUNK]] for k in range(0, len(rows), _POLYGON_CHUNK)]
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cv_pipeline-polygons")
@@ -705,6 +731,7 @@ class _Segmentations:
         section.fail_field(bad, "segmentation", _SEGMENTATION_EXPECTED)
         for index in np.flatnonzero(~self.polygon_rows & section.ok):
             text = self.texts[index]
+            text = None if text is _MISSING else bytes(text)
             if text is None or text.strip(_WHITESPACE) == b"null":
                 geometry["type"][index] = "none"
             else:

@@ -1,4 +1,11 @@
-"""Delta Lake reads and writes: Spark for writing batches, delta-rs for JVM-free reads and versions."""
+"""Delta Lake reads and writes.
+
+A batch is written from wherever its rows are: a pyarrow Table (the ingestion's parsed batch) goes
+through delta-rs, straight from Arrow to Parquet with no copy into a JVM; a Spark DataFrame goes
+through delta-spark. Both make the same partitioned tables (by `batch_id`), replace one batch with
+one atomic commit, and evolve the schema when new columns appear; Spark reads either. Reads and
+versions use delta-rs, so training workers need no JVM.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +29,20 @@ def is_delta_table(path: str | Path) -> bool:
 
 def replace_batch(df, path: str | Path, batch_id: str) -> int:
     """Atomically replace one batch's rows in a Delta table partitioned by `batch_id` (creating the
-    table on first write); returns the new table version. Other batches' rows are untouched."""
+    table on first write); returns the new table version. Other batches' rows are untouched.
+    `df` is a Spark DataFrame or a pyarrow Table."""
     validate_batch_id(batch_id)
     path = str(path)
-    writer = df.write.format("delta").mode("overwrite")
+    if _is_arrow(df):
+        from deltalake import write_deltalake
+
+        if is_delta_table(path):
+            write_deltalake(path, df, mode="overwrite", predicate=f"batch_id = '{batch_id}'", schema_mode="merge")
+        else:
+            write_deltalake(path, df, mode="overwrite", partition_by=["batch_id"])
+        return table_version(path)
+    # mergeSchema: a table written by an older release gains the new columns instead of failing
+    writer = df.write.format("delta").mode("overwrite").option("mergeSchema", "true")
     if is_delta_table(path):
         writer = writer.option("replaceWhere", f"batch_id = '{batch_id}'")
     else:
@@ -35,12 +52,27 @@ def replace_batch(df, path: str | Path, batch_id: str) -> int:
 
 
 def append_rows(df, path: str | Path) -> int:
+    """Append rows (Spark DataFrame or pyarrow Table) to a table partitioned by `batch_id`."""
     path = str(path)
-    writer = df.write.format("delta").mode("append")
+    if _is_arrow(df):
+        from deltalake import write_deltalake
+
+        if is_delta_table(path):
+            write_deltalake(path, df, mode="append", schema_mode="merge")
+        else:
+            write_deltalake(path, df, mode="append", partition_by=["batch_id"])
+        return table_version(path)
+    writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
     if not is_delta_table(path):
         writer = writer.partitionBy("batch_id")
     writer.save(path)
     return table_version(path)
+
+
+def _is_arrow(data) -> bool:
+    import pyarrow as pa
+
+    return isinstance(data, pa.Table)
 
 
 def table_version(path: str | Path) -> int | None:

@@ -40,11 +40,12 @@ QUARANTINE_SCHEMA = (
     "batch_id string, source_file string, record_type string, record_id string, record_json string, "
     "reason_code string, message string, quarantined_at timestamp"
 )
-BATCHES_SCHEMA = (
-    "batch_id string, source_file string, info_json string, licenses_json string, extra_json string, "
-    "records_read string, accepted string, quarantined string, quarantined_by_reason string, "
-    "decoding string, ingested_at timestamp"
-)
+BATCHES_COLUMNS = pa.schema([(name, pa.string()) for name in (
+    "batch_id", "source_file", "info_json", "licenses_json", "extra_json", "records_read", "accepted",
+    "quarantined", "quarantined_by_reason", "decoding")] + [("ingested_at", pa.timestamp("us", tz="UTC"))])
+QUARANTINE_COLUMNS = pa.schema([(name, pa.string()) for name in (
+    "batch_id", "source_file", "record_type", "record_id", "record_json", "reason_code", "message")]
+    + [("quarantined_at", pa.timestamp("us", tz="UTC"))])
 _INSPECT_INPUT_SCHEMA = "image_id long, file_path string"
 _INSPECT_OUTPUT_SCHEMA = _INSPECT_INPUT_SCHEMA + ", " + ", ".join(f"{k} {v}" for k, v in IMAGE_CHECK_COLUMNS.items())
 _FILE_FACTS = {  # image table column <- inspection column, Arrow type
@@ -62,17 +63,41 @@ _ID_COLUMN = {"images": "image_id", "annotations": "annotation_id", "categories"
 
 @dataclass
 class BatchIngestion:
-    """The DataFrames of one batch plus what was read, accepted and quarantined."""
+    """One batch's rows as Arrow tables (`tables`, by Delta table name), plus what was read, accepted
+    and quarantined. `images`, `annotations`, ... are the same rows as Spark DataFrames."""
 
     batch_id: str
     source_file: str
-    images: object
-    annotations: object
-    categories: object
-    quarantine: object
-    batch: object = None  # one row: info, licenses, counts (for writing the batch back out as COCO)
+    tables: dict[str, pa.Table]
     counts: dict = field(default_factory=dict)
     parsed: ParsedCOCO | None = None
+    spark: object = None
+    _frames: dict = field(default_factory=dict, repr=False)
+
+    def frame(self, table: str):
+        if table not in self._frames:
+            rows = self.tables[table]
+            self._frames[table] = (self.spark.createDataFrame(rows) if rows.num_rows
+                                   else self.spark.createDataFrame([], _spark_schema(rows.schema)))
+        return self._frames[table]
+
+    images = property(lambda self: self.frame("coco_images"))
+    annotations = property(lambda self: self.frame("coco_annotations"))
+    categories = property(lambda self: self.frame("coco_categories"))
+    quarantine = property(lambda self: self.frame("coco_quarantine"))
+    batch = property(lambda self: self.frame("coco_batches"))
+
+    def write(self, table_path) -> dict[str, int]:
+        """Replace this batch's rows in every table (`table_path(name)` locates it); Delta versions."""
+        from cv_pipeline.data.delta_io import replace_batch
+
+        return {name: replace_batch(rows, table_path(name), self.batch_id) for name, rows in self.tables.items()}
+
+
+def _spark_schema(schema: pa.Schema):
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema)
 
 
 def batch_record(batch_id: str, source_file: str, message: str, reason_code: str = "batch_unreadable") -> dict:
@@ -141,23 +166,21 @@ class COCOProcessor:
             images = self._inspect_and_reject(parsed, batch_dir / IMAGES_DIR)
         else:
             images = _append_null_facts(images)
+        parsed.release_sources()  # every reject is made: free the decoded document before Spark
         images = _with_keys(images, batch_id, "image", now)
         annotations = _with_keys(parsed.annotations, batch_id, "annotation", now)
         categories = _with_keys(parsed.categories, batch_id, "category", now)
         quarantine = quarantine_table(batch_id, parsed, now)
         counts = _counts(parsed)
+        batch = pa.Table.from_pylist([batch_row(batch_id, parsed, counts, now)], schema=BATCHES_COLUMNS)
         return BatchIngestion(
             batch_id=batch_id,
             source_file=parsed.source_file,
-            images=self.spark.createDataFrame(images),
-            annotations=self.spark.createDataFrame(annotations),
-            categories=self.spark.createDataFrame(categories),
-            quarantine=self.spark.createDataFrame(quarantine, QUARANTINE_SCHEMA) if quarantine.num_rows
-            else self.spark.createDataFrame([], QUARANTINE_SCHEMA),
-            batch=self.spark.createDataFrame([tuple(batch_row(batch_id, parsed, counts, now).values())],
-                                             BATCHES_SCHEMA),
+            tables={"coco_images": images, "coco_annotations": annotations, "coco_categories": categories,
+                    "coco_quarantine": quarantine, "coco_batches": batch},
             counts=counts,
             parsed=parsed,
+            spark=self.spark,
         )
 
     def quarantine_frame(self, rows: list[dict]):
@@ -266,7 +289,7 @@ def apply_taxonomy(parsed: ParsedCOCO, taxonomy: Mapping[int, str]) -> list[int]
 
 def quarantine_table(batch_id: str, parsed: ParsedCOCO, now: datetime) -> pa.Table:
     rejected = parsed.rejected
-    return pa.table({
+    return pa.Table.from_pydict({
         "batch_id": pa.array([batch_id] * len(rejected), pa.string()),
         "source_file": pa.array([parsed.source_file] * len(rejected), pa.string()),
         "record_type": pa.array([r.record_type for r in rejected], pa.string()),
@@ -275,7 +298,7 @@ def quarantine_table(batch_id: str, parsed: ParsedCOCO, now: datetime) -> pa.Tab
         "reason_code": pa.array([r.reason_code for r in rejected], pa.string()),
         "message": pa.array([r.message for r in rejected], pa.string()),
         "quarantined_at": pa.array([now] * len(rejected), pa.timestamp("us", tz="UTC")),
-    })
+    }, schema=QUARANTINE_COLUMNS)
 
 
 def batch_row(batch_id: str, parsed: ParsedCOCO, counts: dict, now: datetime) -> dict:

@@ -2,8 +2,14 @@
 
 `run_quality_suites` evaluates every check of `CHECK_DEFINITIONS` on the three tables of one or more
 landing batches and returns one `QualityCheckResult` per check. Pass/fail always comes from GX's
-validation result. Cross-table rules (references, bbox inside its image, annotations per category)
-are Spark joins that add a derived column, on which a plain GX expectation then runs.
+validation result. Cross-table and conditional rules (references, bbox inside its image, geometry,
+duplicate content, annotations per category) are Spark expressions or joins that add a derived
+column to the frame before it is cached, on which a plain GX expectation then runs: the column is
+null where the rule does not apply (GX map expectations skip nulls), so no check costs a Spark job
+of its own.
+
+`run_split_leakage_check` checks the training split manifest (`TRAINING_CHECK_DEFINITIONS`) with GX
+on pandas; `quality_metrics_rows` turns results into rows of the `coco_quality_metrics` table.
 
 Spark work is kept to a few jobs per table: the expectations of all checks on one frame run as one
 suite with BOOLEAN_ONLY (GX bundles their aggregates), and only the failed ones run a second time,
@@ -15,7 +21,8 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -23,6 +30,7 @@ if TYPE_CHECKING:
 IMAGES = "coco_images"
 ANNOTATIONS = "coco_annotations"
 CATEGORIES = "coco_categories"
+TRAINING_DATASET = "training_dataset"
 
 ERROR = "ERROR"
 WARN = "WARN"
@@ -52,6 +60,14 @@ REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
         "area": "DoubleType",
         "iscrowd": "IntegerType",
         "segmentation": "StringType",
+        # Geometry facts computed at ingestion; null where they do not apply (see the checks below).
+        "segmentation_type": "StringType",
+        "segmentation_area": "DoubleType",
+        "polygon_count": "IntegerType",
+        "min_polygon_coords": "IntegerType",
+        "odd_polygon_parts": "IntegerType",
+        "rle_height": "IntegerType",
+        "rle_width": "IntegerType",
     },
     CATEGORIES: {
         "batch_id": "StringType",
@@ -67,7 +83,7 @@ NOT_NULL_COLUMNS: dict[str, tuple[str, ...]] = {
     IMAGES: ("batch_id", "image_id", "file_name", "width", "height"),
     ANNOTATIONS: (
         "batch_id", "annotation_id", "image_id", "category_id",
-        "bbox_x", "bbox_y", "bbox_w", "bbox_h", "area", "iscrowd",
+        "bbox_x", "bbox_y", "bbox_w", "bbox_h", "area", "iscrowd", "segmentation_type",
     ),
     CATEGORIES: ("batch_id", "category_id", "name"),
 }
@@ -81,6 +97,43 @@ _BBOX_INSIDE = "_qc_bbox_inside_image"
 _IMAGE_WIDTH = "_qc_image_width"
 _IMAGE_HEIGHT = "_qc_image_height"
 _NON_CROWD_COUNT = "_qc_non_crowd_annotations"
+_POLYGON_OK = "_qc_polygon_well_formed"
+_RLE_MATCHES = "_qc_rle_matches_image"
+_AREA_OK = "_qc_area_consistent"
+_CONTENT_UNIQUE = "_qc_content_unique"
+_BALANCED = "_qc_category_balanced"
+_SPLIT_COUNT = "_qc_split_count"
+
+POLYGON = "polygon"
+RLE_TYPES = ("rle", "rle_uncompressed")
+
+# Checks judged on the rows where their derived column is not null: their element count is those rows.
+_JUDGED_COLUMN = {
+    "annotations_bbox_inside_image": _BBOX_INSIDE,
+    "annotations_polygons_well_formed": _POLYGON_OK,
+    "annotations_rle_matches_image": _RLE_MATCHES,
+    "annotations_area_consistent": _AREA_OK,
+    "images_duplicate_content": _CONTENT_UNIQUE,
+    "categories_class_imbalance": _BALANCED,
+}
+
+# The columns the derived-column checks read; the frame builder and the planner both go by this, so a
+# derived column exists exactly when its check is planned on it.
+_NEEDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "annotations_polygons_well_formed": {
+        ANNOTATIONS: ("segmentation_type", "polygon_count", "min_polygon_coords", "odd_polygon_parts"),
+    },
+    "annotations_rle_matches_image": {
+        ANNOTATIONS: ("batch_id", "image_id", "segmentation_type", "rle_height", "rle_width"),
+        IMAGES: ("batch_id", "image_id", "width", "height"),
+    },
+    "annotations_area_consistent": {ANNOTATIONS: ("area", "segmentation_area")},
+    "images_duplicate_content": {IMAGES: ("batch_id", "sha256")},
+    "categories_class_imbalance": {
+        CATEGORIES: ("batch_id", "category_id"),
+        ANNOTATIONS: ("batch_id", "category_id", "iscrowd"),
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -98,7 +151,8 @@ _SCHEMA = "Required columns exist with the contract types; no nulls in {}."
 CHECK_DEFINITIONS: tuple[QualityCheckDefinition, ...] = (
     QualityCheckDefinition("images_schema", IMAGES, ERROR, _SCHEMA.format("key and size columns")),
     QualityCheckDefinition(
-        "annotations_schema", ANNOTATIONS, ERROR, _SCHEMA.format("key, bbox and value columns")
+        "annotations_schema", ANNOTATIONS, ERROR,
+        _SCHEMA.format("key, bbox and value columns, and segmentation_type"),
     ),
     QualityCheckDefinition("categories_schema", CATEGORIES, ERROR, _SCHEMA.format("key columns")),
     QualityCheckDefinition("images_unique_ids", IMAGES, ERROR, "(batch_id, image_id) is unique."),
@@ -123,10 +177,60 @@ CHECK_DEFINITIONS: tuple[QualityCheckDefinition, ...] = (
     ),
     QualityCheckDefinition("annotations_valid_values", ANNOTATIONS, ERROR, "iscrowd in {0, 1} and area > 0."),
     QualityCheckDefinition(
+        "annotations_polygons_well_formed", ANNOTATIONS, ERROR,
+        "Polygon segmentations have at least one part, every part at least 6 coordinates (3 points) "
+        "and an even number of coordinates.",
+    ),
+    QualityCheckDefinition(
+        "annotations_rle_matches_image", ANNOTATIONS, ERROR,
+        "An RLE segmentation's size [height, width] equals its image's height and width.",
+    ),
+    QualityCheckDefinition(
+        "annotations_area_consistent", ANNOTATIONS, ERROR,
+        "Where the segmentation's area is known, the annotation's area agrees with it within the tolerance.",
+    ),
+    QualityCheckDefinition(
+        "images_duplicate_content", IMAGES, WARN,
+        "No image content (sha256) appears twice in its batch or in another batch.",
+    ),
+    QualityCheckDefinition(
         "categories_min_annotations", CATEGORIES, WARN,
         "Each category has at least the minimum number of non-crowd annotations in its batch.",
     ),
+    QualityCheckDefinition(
+        "categories_class_imbalance", CATEGORIES, WARN,
+        "Each annotated category has at least 1/max_imbalance_ratio of the non-crowd annotations of "
+        "its batch's largest category.",
+    ),
 )
+
+# Checks of the training split manifest, run by `run_split_leakage_check` (not by the ingestion asset).
+TRAINING_CHECK_DEFINITIONS: tuple[QualityCheckDefinition, ...] = (
+    QualityCheckDefinition(
+        "training_split_no_leakage", TRAINING_DATASET, ERROR,
+        "No image content (sha256) is in more than one split.",
+    ),
+)
+
+# One row per check and batch, appended to the `coco_quality_metrics` Delta table on each ingestion.
+QUALITY_METRICS_SCHEMA = (
+    "batch_id string, check_name string, table_name string, severity string, passed boolean, "
+    "element_count long, unexpected_count long, unexpected_fraction double, evaluated_at timestamp, "
+    "run_id string"
+)
+
+
+def quality_metrics_table(rows: list[dict]):
+    """`quality_metrics_rows` as a pyarrow Table typed like QUALITY_METRICS_SCHEMA."""
+    import pyarrow as pa
+
+    schema = pa.schema([
+        ("batch_id", pa.string()), ("check_name", pa.string()), ("table_name", pa.string()),
+        ("severity", pa.string()), ("passed", pa.bool_()), ("element_count", pa.int64()),
+        ("unexpected_count", pa.int64()), ("unexpected_fraction", pa.float64()),
+        ("evaluated_at", pa.timestamp("us", tz="UTC")), ("run_id", pa.string()),
+    ])
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 @dataclass(frozen=True)
@@ -168,6 +272,47 @@ def results_as_metadata(result: QualityCheckResult) -> dict:
     )
 
 
+def quality_metrics_rows(
+    batch_id: str,
+    results: Iterable[QualityCheckResult],
+    run_id: str | None = None,
+    evaluated_at: datetime | None = None,
+) -> list[dict]:
+    """One row per result for the `coco_quality_metrics` table, keyed and typed as `QUALITY_METRICS_SCHEMA`.
+
+    `unexpected_fraction` is unexpected_count / element_count (violations per evaluated element; a row
+    breaking two rules counts twice), null when nothing was evaluated. `evaluated_at` defaults to now
+    (UTC) and is the same for every row.
+    """
+    evaluated_at = evaluated_at or datetime.now(timezone.utc)
+    rows = []
+    for result in results:
+        element_count, unexpected_count = int(result.element_count), int(result.unexpected_count)
+        rows.append({
+            "batch_id": batch_id,
+            "check_name": result.name,
+            "table_name": result.table,
+            "severity": result.severity,
+            "passed": bool(result.passed),
+            "element_count": element_count,
+            "unexpected_count": unexpected_count,
+            "unexpected_fraction": unexpected_count / element_count if element_count > 0 else None,
+            "evaluated_at": evaluated_at,
+            "run_id": run_id,
+        })
+    return rows
+
+
+@dataclass(frozen=True)
+class _Params:
+    bbox_tolerance_px: float
+    min_annotations: int
+    area_rel_tolerance: float
+    area_abs_tolerance_px: float
+    max_imbalance_ratio: float
+    has_existing_images: bool
+
+
 def run_quality_suites(
     images_df: DataFrame,
     annotations_df: DataFrame,
@@ -175,47 +320,137 @@ def run_quality_suites(
     *,
     bbox_tolerance_px: float = 1.0,
     min_annotations_per_category: int = 5,
+    area_rel_tolerance: float = 0.2,
+    area_abs_tolerance_px: float = 16.0,
+    max_imbalance_ratio: float = 10.0,
+    existing_images_df: DataFrame | None = None,
 ) -> list[QualityCheckResult]:
     """Run every check of `CHECK_DEFINITIONS` on the three tables; one result per check, in that order.
 
     Ids are unique only within a landing batch, so every key and every join is on (batch_id, id).
     A check whose columns are missing fails (GX: the column does not exist) and says it was not
     evaluated.
+
+    `area_rel_tolerance` and `area_abs_tolerance_px` bound |area - segmentation_area| (COCO's area is
+    the rasterised mask's pixel count, not the polygon's exact area). `max_imbalance_ratio` bounds the
+    largest category's non-crowd annotation count over each other annotated category's, per batch.
+    `existing_images_df` (batch_id, sha256, ...) holds the images already in the table: an image whose
+    sha256 is there under another batch id is a duplicate (rows of the batches checked are ignored
+    there, so passing the whole table on a re-run is fine), as is one whose sha256 is in another batch
+    of `images_df`.
     """
     from pyspark.sql import DataFrame as SparkDataFrame
 
     arguments = {"images_df": images_df, "annotations_df": annotations_df, "categories_df": categories_df}
+    if existing_images_df is not None:
+        arguments["existing_images_df"] = existing_images_df
     for name, df in arguments.items():
         if not isinstance(df, SparkDataFrame):
             raise TypeError(f"run_quality_suites: {name} must be a Spark DataFrame, got {type(df).__name__}")
-    if bbox_tolerance_px < 0:
-        raise ValueError(f"run_quality_suites: bbox_tolerance_px must be >= 0, got {bbox_tolerance_px}")
-    if min_annotations_per_category < 0:
-        raise ValueError(
-            "run_quality_suites: min_annotations_per_category must be >= 0, "
-            f"got {min_annotations_per_category}"
-        )
+    if existing_images_df is not None:
+        missing = [c for c in ("batch_id", "sha256") if c not in existing_images_df.columns]
+        if missing:
+            raise ValueError(f"run_quality_suites: existing_images_df lacks column(s) {', '.join(missing)}")
+    for name, value, low in (
+        ("bbox_tolerance_px", bbox_tolerance_px, 0),
+        ("min_annotations_per_category", min_annotations_per_category, 0),
+        ("area_rel_tolerance", area_rel_tolerance, 0),
+        ("area_abs_tolerance_px", area_abs_tolerance_px, 0),
+        ("max_imbalance_ratio", max_imbalance_ratio, 1),
+    ):
+        if not value >= low:  # also rejects NaN
+            raise ValueError(f"run_quality_suites: {name} must be >= {low}, got {value}")
 
+    params = _Params(
+        bbox_tolerance_px=float(bbox_tolerance_px),
+        min_annotations=min_annotations_per_category,
+        area_rel_tolerance=float(area_rel_tolerance),
+        area_abs_tolerance_px=float(area_abs_tolerance_px),
+        max_imbalance_ratio=float(max_imbalance_ratio),
+        has_existing_images=existing_images_df is not None,
+    )
     inputs = {IMAGES: images_df, ANNOTATIONS: annotations_df, CATEGORIES: categories_df}
     columns = {table: set(df.columns) for table, df in inputs.items()}
-    frames, owned = _build_frames(inputs, columns, bbox_tolerance_px)
+    frames, owned = _build_frames(inputs, columns, params, existing_images_df)
     try:
         rows = _count_rows(frames)
         with _GX_LOCK:
-            plan = _plan_expectations(columns, min_annotations_per_category)
+            plan = _plan_expectations(columns, params)
             outcomes = _validate_frames(frames, plan)
-        return _assemble_results(plan, outcomes, rows, bbox_tolerance_px, min_annotations_per_category)
+        return _assemble_results(CHECK_DEFINITIONS, plan, outcomes, rows, params)
     finally:
         for frame in owned:
             frame.unpersist()
 
 
+def run_split_leakage_check(frame) -> QualityCheckResult:
+    """`training_split_no_leakage` on a split manifest (pandas DataFrame or pyarrow Table with columns
+    `sha256` and `split`): fails when one image content is in more than one split.
+
+    GX validates, on pandas, the number of distinct splits per sha256 (at most 1). Element count: the
+    distinct hashes (rows without one cannot be judged); sample: the leaking hashes. Missing columns
+    fail the check, which then says it was not evaluated.
+    """
+    import pandas as pd
+
+    needed = ("sha256", "split")
+    if isinstance(frame, pd.DataFrame):
+        manifest = frame[[c for c in needed if c in frame.columns]]
+    else:
+        try:
+            import pyarrow as pa
+        except ImportError:  # pragma: no cover - pyarrow ships with the project
+            pa = None
+        if pa is None or not isinstance(frame, pa.Table):
+            raise TypeError(
+                "run_split_leakage_check: frame must be a pandas DataFrame or a pyarrow Table, "
+                f"got {type(frame).__name__}"
+            )
+        manifest = frame.select([c for c in needed if c in frame.column_names]).to_pandas()
+
+    import great_expectations.expectations as gxe
+
+    definition = TRAINING_CHECK_DEFINITIONS[0]
+    plan: list[_Planned] = []
+    missing = [c for c in needed if c not in manifest.columns]
+    if missing:
+        data = manifest
+        for column in missing:
+            plan.append(_Planned(definition.name, TRAINING_DATASET, gxe.ExpectColumnToExist(column=column), False))
+    else:
+        data = (
+            manifest.dropna(subset=["sha256"])
+            .groupby("sha256", sort=True, observed=True)["split"]
+            .nunique()
+            .rename(_SPLIT_COUNT)
+            .reset_index()
+        )
+        one_split = gxe.ExpectColumnValuesToBeBetween(column=_SPLIT_COUNT, max_value=1)
+        plan.append(_Planned(definition.name, TRAINING_DATASET, one_split, True))
+
+    with _GX_LOCK:
+        batch = _pandas_batch_definition(TRAINING_DATASET).get_batch(batch_parameters={"dataframe": data})
+        result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE}
+        if not missing:
+            result_format["unexpected_index_column_names"] = ["sha256"]
+        outcomes = {}
+        for index, planned in enumerate(plan):
+            result = batch.validate(planned.expectation, result_format=result_format)
+            summary = None if result.success else result
+            sample = _offending_ids(result, "sha256") if summary is not None else []
+            outcomes[index] = {"result": result, "summary": summary, "sample": sample}
+    rows = {TRAINING_DATASET: len(data)}
+    return _assemble_results(TRAINING_CHECK_DEFINITIONS, plan, outcomes, rows, None)[0]
+
+
 # --------------------------------------------------------------------------- frames
 
 
-def _build_frames(inputs: dict, columns: dict, tol: float) -> tuple[dict, list]:
-    """One frame per table: images as given, annotations with the join-derived columns, categories
-    with their non-crowd annotation count. Returns the frames and those this call cached."""
+def _build_frames(inputs: dict, columns: dict, params: _Params, existing_images) -> tuple[dict, list]:
+    """One frame per table, with the derived columns its checks read: images with their content
+    duplication flag, annotations with the join-derived and geometry columns, categories with their
+    non-crowd annotation count and balance flag. Returns the frames and those this call cached."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     images, annotations, categories = inputs[IMAGES], inputs[ANNOTATIONS], inputs[CATEGORIES]
@@ -223,18 +458,23 @@ def _build_frames(inputs: dict, columns: dict, tol: float) -> tuple[dict, list]:
     if not images.is_cached:  # read by its own suite and by the annotation join
         images = images.cache()
         owned.append(images)
+    base_images = images
+
+    if _ready(columns, "images_duplicate_content"):
+        images = _with_content_flag(images, existing_images)
 
     if _has(columns, ANNOTATIONS, "batch_id", "image_id") and _has(columns, IMAGES, "batch_id", "image_id"):
         with_size = _has(columns, IMAGES, "width", "height")
         size = [F.col("width").alias(_IMAGE_WIDTH), F.col("height").alias(_IMAGE_HEIGHT)] if with_size else []
         # One row per key, so a duplicated image (flagged by images_unique_ids) cannot multiply annotations.
-        image_keys = images.dropDuplicates(["batch_id", "image_id"]).select(
+        image_keys = base_images.dropDuplicates(["batch_id", "image_id"]).select(
             "batch_id", "image_id", F.lit(True).alias(_IMAGE_FOUND), *size
         )
         annotations = annotations.join(image_keys, on=["batch_id", "image_id"], how="left").withColumn(
             _IMAGE_FOUND, F.coalesce(F.col(_IMAGE_FOUND), F.lit(False))
         )
         if with_size and _has(columns, ANNOTATIONS, "bbox_x", "bbox_y", "bbox_w", "bbox_h"):
+            tol = params.bbox_tolerance_px
             x, y, w, h = F.col("bbox_x"), F.col("bbox_y"), F.col("bbox_w"), F.col("bbox_h")
             inside = (
                 (x >= -tol) & (y >= -tol) & (w > 0) & (h > 0)
@@ -242,6 +482,29 @@ def _build_frames(inputs: dict, columns: dict, tol: float) -> tuple[dict, list]:
             )
             # Null where the image is missing: GX skips nulls, and that case is the reference check's.
             annotations = annotations.withColumn(_BBOX_INSIDE, F.when(F.col(_IMAGE_FOUND), inside))
+        if _ready(columns, "annotations_rle_matches_image"):
+            is_rle = F.col("segmentation_type").isin(*RLE_TYPES)
+            same = (F.col("rle_height") == F.col(_IMAGE_HEIGHT)) & (F.col("rle_width") == F.col(_IMAGE_WIDTH))
+            # Judged on RLE rows whose image exists; a missing size is a mismatch.
+            annotations = annotations.withColumn(
+                _RLE_MATCHES, F.when(F.col(_IMAGE_FOUND) & is_rle, F.coalesce(same, F.lit(False)))
+            )
+
+    if _ready(columns, "annotations_polygons_well_formed"):
+        well_formed = (
+            (F.col("polygon_count") >= 1) & (F.col("min_polygon_coords") >= 6) & (F.col("odd_polygon_parts") == 0)
+        )
+        annotations = annotations.withColumn(
+            _POLYGON_OK,
+            F.when(F.col("segmentation_type") == POLYGON, F.coalesce(well_formed, F.lit(False))),
+        )
+    if _ready(columns, "annotations_area_consistent"):
+        area, mask_area = F.col("area"), F.col("segmentation_area")
+        allowed = F.lit(params.area_rel_tolerance) * F.greatest(area, mask_area) + F.lit(params.area_abs_tolerance_px)
+        # Null (not judged) without a segmentation area; a null area is the schema check's.
+        annotations = annotations.withColumn(
+            _AREA_OK, F.when(mask_area.isNotNull(), F.abs(area - mask_area) <= allowed)
+        )
 
     keys = ("batch_id", "category_id")
     if _has(columns, ANNOTATIONS, *keys) and _has(columns, CATEGORIES, *keys):
@@ -259,13 +522,53 @@ def _build_frames(inputs: dict, columns: dict, tol: float) -> tuple[dict, list]:
         categories = categories.join(counts, on=list(keys), how="left").withColumn(
             _NON_CROWD_COUNT, F.coalesce(F.col(_NON_CROWD_COUNT), F.lit(0))
         )
+        # Judged only where the category has annotations (none at all is categories_min_annotations').
+        count = F.col(_NON_CROWD_COUNT)
+        largest = F.max(count).over(Window.partitionBy("batch_id"))
+        categories = categories.withColumn(
+            _BALANCED, F.when(count > 0, count * F.lit(params.max_imbalance_ratio) >= largest)
+        )
 
     frames = {IMAGES: images, ANNOTATIONS: annotations, CATEGORIES: categories}
-    for table in (ANNOTATIONS, CATEGORIES):
+    for table in (IMAGES, ANNOTATIONS, CATEGORIES):
         if not frames[table].is_cached:
             frames[table] = frames[table].cache()
             owned.append(frames[table])
     return frames, owned
+
+
+def _with_content_flag(images, existing_images):
+    """`images` plus `_CONTENT_UNIQUE`: False where its sha256 is on another image of its batch, or in
+    another batch (of `images` or of `existing_images`); null without a sha256.
+
+    One window per hash over every holder (one shuffle, no join): the smallest and largest batch holding
+    it, and how many rows of `images` have it. An image is unique iff its batch is the only holder and it
+    is the only image there; rows of `existing_images` under the image's own batch (a re-run) don't count.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    sha, mine = "sha256", "_qc_mine"
+    holders = images.withColumn(mine, F.lit(True))
+    if existing_images is not None:
+        holders = holders.unionByName(existing_images.select("batch_id", sha), allowMissingColumns=True)
+    per_hash = Window.partitionBy(sha)
+    batch = F.col("batch_id")
+    unique = (
+        (F.count(mine).over(per_hash) == 1)
+        & (F.min(batch).over(per_hash) == batch)
+        & (F.max(batch).over(per_hash) == batch)
+    )
+    return (
+        holders.withColumn(_CONTENT_UNIQUE, F.when(F.col(sha).isNotNull(), unique))
+        .filter(F.col(mine).isNotNull())
+        .drop(mine)
+    )
+
+
+def _ready(columns: dict, check: str) -> bool:
+    """Whether every column `check` reads is there (then its derived column is built)."""
+    return all(_has(columns, table, *names) for table, names in _NEEDS[check].items())
 
 
 def _has(columns: dict, table: str, *names: str) -> bool:
@@ -273,18 +576,17 @@ def _has(columns: dict, table: str, *names: str) -> bool:
 
 
 def _count_rows(frames: dict) -> dict[str, int]:
-    """Rows per frame, plus the annotations whose bbox can be judged (image found), for element counts.
-    The same job fills the frame's cache, which the GX suites then read."""
+    """Rows per frame, plus, per derived column of a conditional check, the rows it judges (not null),
+    for element counts. One job per frame, which also fills the frame's cache the GX suites then read."""
     from pyspark.sql import functions as F
 
     rows = {}
     for table, frame in frames.items():
-        judged = _BBOX_INSIDE in frame.columns
-        aggregates = [F.count(F.lit(1))] + ([F.count(F.col(_BBOX_INSIDE))] if judged else [])
-        counts = frame.agg(*aggregates).first()
+        judged = [c for c in _JUDGED_COLUMN.values() if c in frame.columns]
+        counts = frame.agg(F.count(F.lit(1)), *[F.count(F.col(c)) for c in judged]).first()
         rows[table] = int(counts[0])
-        if judged:
-            rows[_BBOX_INSIDE] = int(counts[1])
+        for position, column in enumerate(judged, start=1):
+            rows[column] = int(counts[position])
     return rows
 
 
@@ -301,7 +603,7 @@ class _Planned:
     sample_ids: bool  # when it fails, report offending row ids (else the column name)
 
 
-def _plan_expectations(columns: dict, min_annotations: int) -> list[_Planned]:
+def _plan_expectations(columns: dict, params: _Params) -> list[_Planned]:
     import great_expectations.expectations as gxe
 
     plan: list[_Planned] = []
@@ -362,8 +664,19 @@ def _plan_expectations(columns: dict, min_annotations: int) -> list[_Planned]:
         CATEGORIES: ("batch_id", "category_id"),
         ANNOTATIONS: ("batch_id", "category_id", "iscrowd"),
     }):
-        enough = gxe.ExpectColumnValuesToBeBetween(column=_NON_CROWD_COUNT, min_value=min_annotations)
+        enough = gxe.ExpectColumnValuesToBeBetween(column=_NON_CROWD_COUNT, min_value=params.min_annotations)
         add(check, CATEGORIES, enough)
+
+    # Conditional rules: one derived boolean column each, null where the rule does not apply.
+    for check, frame, column in (
+        ("annotations_polygons_well_formed", ANNOTATIONS, _POLYGON_OK),
+        ("annotations_rle_matches_image", ANNOTATIONS, _RLE_MATCHES),
+        ("annotations_area_consistent", ANNOTATIONS, _AREA_OK),
+        ("images_duplicate_content", IMAGES, _CONTENT_UNIQUE),
+        ("categories_class_imbalance", CATEGORIES, _BALANCED),
+    ):
+        if needs(check, _NEEDS[check]):
+            add(check, frame, gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[True]))
     return plan
 
 
@@ -374,27 +687,46 @@ _GX_LOCK = threading.Lock()
 _GX_STATE: dict[str, Any] = {}
 
 
+def _context():
+    """The process-wide ephemeral GX context (made once, under `_GX_LOCK`)."""
+    if "context" not in _GX_STATE:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        _GX_STATE["context"] = context
+    return _GX_STATE["context"]
+
+
 def _batch_definition(table: str):
     """The whole-dataframe batch definition of `table`'s asset in the process-wide ephemeral context.
 
     Context, data source and assets are made once per process and reused: each validation passes its
     DataFrame as the batch parameter, and `_GX_LOCK` keeps threads from sharing the engine's batch.
     """
-    if not _GX_STATE:
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-
-        context = gx.get_context(mode="ephemeral")
-        context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    if "definitions" not in _GX_STATE:
         # persist=False: GX would otherwise persist every batch's DataFrame and never release it;
         # run_quality_suites caches the frames worth caching itself, and releases them.
-        source = context.data_sources.add_spark(name="cv_pipeline_quality", persist=False)
+        source = _context().data_sources.add_spark(name="cv_pipeline_quality", persist=False)
         definitions = {}
         for name in (IMAGES, ANNOTATIONS, CATEGORIES):
             asset = source.add_dataframe_asset(name=name)
             definitions[name] = asset.add_batch_definition_whole_dataframe(f"{name}_whole")
-        _GX_STATE.update(context=context, definitions=definitions)
+        _GX_STATE["definitions"] = definitions
     return _GX_STATE["definitions"][table]
+
+
+def _pandas_batch_definition(table: str):
+    """Like `_batch_definition`, for the pandas frames of the training checks."""
+    if "pandas_definitions" not in _GX_STATE:
+        source = _context().data_sources.add_pandas(name="cv_pipeline_training_quality")
+        definitions = {}
+        for name in (TRAINING_DATASET,):
+            asset = source.add_dataframe_asset(name=name)
+            definitions[name] = asset.add_batch_definition_whole_dataframe(f"{name}_whole")
+        _GX_STATE["pandas_definitions"] = definitions
+    return _GX_STATE["pandas_definitions"][table]
 
 
 def _suite(name: str, expectations: list):
@@ -493,10 +825,11 @@ def _is_row_level(expectation) -> bool:
 
 
 def _assemble_results(
-    plan: list[_Planned], outcomes: dict, rows: dict, tol: float, min_annotations: int
+    definitions: Iterable[QualityCheckDefinition], plan: list[_Planned], outcomes: dict, rows: dict,
+    params: _Params | None,
 ) -> list[QualityCheckResult]:
     results = []
-    for definition in CHECK_DEFINITIONS:
+    for definition in definitions:
         indices = [i for i, p in enumerate(plan) if p.check == definition.name]
         passed = bool(indices)
         details, sample, not_evaluated = [], [], []
@@ -543,12 +876,12 @@ def _assemble_results(
                 not_evaluated.append(f"{planned.frame}.{config.kwargs['column']}")
             details.append(detail)
 
-        description = _describe(definition, tol, min_annotations)
+        description = _describe(definition, params)
         if not_evaluated:
             description += " Not evaluated: missing column(s) " + ", ".join(not_evaluated) + "."
             element_count = 0
-        elif definition.name == "annotations_bbox_inside_image":
-            element_count = rows.get(_BBOX_INSIDE, 0)
+        elif definition.name in _JUDGED_COLUMN:
+            element_count = rows.get(_JUDGED_COLUMN[definition.name], 0)
         else:
             element_count = rows[definition.table]
         results.append(
@@ -567,15 +900,44 @@ def _assemble_results(
     return results
 
 
-def _describe(definition: QualityCheckDefinition, tol: float, min_annotations: int) -> str:
+def _describe(definition: QualityCheckDefinition, params: _Params | None) -> str:
+    if params is None:
+        return definition.description
     if definition.name == "annotations_bbox_inside_image":
+        tol = params.bbox_tolerance_px
         return (
             f"bbox_w > 0, bbox_h > 0, bbox_x >= -{tol:g}, bbox_y >= -{tol:g}, "
             f"bbox_x + bbox_w <= width + {tol:g}, bbox_y + bbox_h <= height + {tol:g}; "
             "annotations whose image is missing are left to annotations_reference_existing_images."
         )
     if definition.name == "categories_min_annotations":
-        return f"Each category has at least {min_annotations} non-crowd annotations in its batch."
+        return f"Each category has at least {params.min_annotations} non-crowd annotations in its batch."
+    if definition.name == "annotations_polygons_well_formed":
+        return (
+            "Where segmentation_type is 'polygon': polygon_count >= 1, min_polygon_coords >= 6 "
+            "and odd_polygon_parts == 0."
+        )
+    if definition.name == "annotations_rle_matches_image":
+        return (
+            "Where segmentation_type is 'rle' or 'rle_uncompressed': (rle_height, rle_width) equals the "
+            "image's (height, width); annotations whose image is missing are left to "
+            "annotations_reference_existing_images."
+        )
+    if definition.name == "annotations_area_consistent":
+        return (
+            "Where segmentation_area is not null: |area - segmentation_area| <= "
+            f"{params.area_rel_tolerance:g} * max(area, segmentation_area) + {params.area_abs_tolerance_px:g} px."
+        )
+    if definition.name == "images_duplicate_content":
+        scope = "another batch of this run or of the table" if params.has_existing_images else (
+            "another batch of this run (the table's other batches were not given)"
+        )
+        return f"No sha256 appears on two images of one batch, nor in {scope}."
+    if definition.name == "categories_class_imbalance":
+        return (
+            "Each category with non-crowd annotations has at least 1/"
+            f"{params.max_imbalance_ratio:g} as many as its batch's largest category."
+        )
     return definition.description
 
 

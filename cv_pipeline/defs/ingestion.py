@@ -1,4 +1,4 @@
-"""Ingestion: one landing batch into the four COCO Delta tables, validated by GX asset checks."""
+"""Ingestion: one landing batch into the COCO Delta tables, validated by GX asset checks."""
 
 
 import dagster as dg
@@ -6,9 +6,10 @@ from dagster_pyspark import PySparkResource
 
 from cv_pipeline.data.quality import CHECK_DEFINITIONS, ERROR, failed_blocking, results_as_metadata
 from cv_pipeline.defs.partitions import landing_batches
-from cv_pipeline.defs.resources import LakeResource, LandingZoneResource
+from cv_pipeline.defs.resources import IngestionPolicy, LakeResource, LandingZoneResource
 
-COCO_TABLES = ("coco_images", "coco_annotations", "coco_categories", "coco_quarantine")
+COCO_TABLES = ("coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "coco_batches")
+QUALITY_TABLE = "coco_quality_metrics"
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -20,47 +21,68 @@ CHECK_SPECS = [
     for definition in CHECK_DEFINITIONS
 ]
 
+_DESCRIPTIONS = {
+    "coco_images": "Accepted images of each landing batch, with file facts and sha256 (bytes too, if configured).",
+    "coco_annotations": "Accepted annotations: boxes, area, segmentation JSON with its measured geometry, keypoints.",
+    "coco_categories": "Categories of each batch (one taxonomy per landing zone; conflicts are quarantined).",
+    "coco_quarantine": "Every rejected record with its source JSON, reason code and message; nothing is lost.",
+    "coco_batches": "One row per batch: info, licenses and other top-level keys, records read/accepted/quarantined.",
+    QUALITY_TABLE: "Quality check results per batch over time (appended on every ingestion), for monitoring.",
+}
+
+
+def _spec(name: str) -> dg.AssetSpec:
+    return dg.AssetSpec(name, description=_DESCRIPTIONS[name], group_name="ingestion",
+                        partitions_def=landing_batches, kinds={"spark", "delta"})
+
+
+def existing_taxonomy(categories_path: str, batch_id: str) -> dict[int, str]:
+    """category id -> name over the batches already ingested (other than `batch_id`)."""
+    from cv_pipeline.data.delta_io import is_delta_table, read_table
+
+    if not is_delta_table(categories_path):
+        return {}
+    table = read_table(categories_path, columns=["batch_id", "category_id", "name"],
+                       filters=[("batch_id", "!=", batch_id)])
+    taxonomy: dict[int, str] = {}
+    for row in sorted(table.to_pylist(), key=lambda r: r["batch_id"]):
+        taxonomy.setdefault(row["category_id"], row["name"])
+    return taxonomy
+
 
 @dg.multi_asset(
-    specs=[
-        dg.AssetSpec("coco_images", description="Accepted images of each landing batch, with file facts and sha256.",
-                     group_name="ingestion", partitions_def=landing_batches, kinds={"spark", "delta"}),
-        dg.AssetSpec("coco_annotations", description="Accepted annotations (boxes, area, segmentation JSON).",
-                     group_name="ingestion", partitions_def=landing_batches, kinds={"spark", "delta"}),
-        dg.AssetSpec("coco_categories", description="Categories of each batch.",
-                     group_name="ingestion", partitions_def=landing_batches, kinds={"spark", "delta"}),
-        dg.AssetSpec("coco_quarantine", description="Every rejected record with its reason; nothing is lost.",
-                     group_name="ingestion", partitions_def=landing_batches, kinds={"spark", "delta"}),
-    ],
+    specs=[_spec(name) for name in COCO_TABLES + (QUALITY_TABLE,)],
     check_specs=CHECK_SPECS,
     can_subset=False,
 )
 def coco_tables(context: dg.AssetExecutionContext, spark: PySparkResource, lake: LakeResource,
-                landing: LandingZoneResource):
+                landing: LandingZoneResource, ingestion: IngestionPolicy):
     """Parse, validate and write one batch; replaces that batch's rows, so re-runs are idempotent."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
     from cv_pipeline.data.coco import COCOFormatError
-    from cv_pipeline.data.delta_io import append_rows, replace_batch
-    from cv_pipeline.data.processor import COCOProcessor, batch_record
-    from cv_pipeline.data.quality import run_quality_suites
+    from cv_pipeline.data.delta_io import append_rows
+    from cv_pipeline.data.processor import QUARANTINE_COLUMNS, COCOProcessor, batch_record
+    from cv_pipeline.data.quality import quality_metrics_rows, quality_metrics_table, run_quality_suites
 
     batch_id = context.partition_key
     batch_dir = landing.batch_dir(batch_id)
-    processor = COCOProcessor(spark.spark_session)
+    session = spark.spark_session
+    processor = COCOProcessor(session, store_image_bytes=ingestion.store_image_bytes)
+    taxonomy = existing_taxonomy(lake.table_path("coco_categories"), batch_id)
     try:
-        batch = processor.ingest_batch(batch_dir, batch_id)
+        batch = processor.ingest_batch(batch_dir, batch_id, taxonomy=taxonomy)
     except COCOFormatError as exc:
         # Keep a record of the unreadable batch; the other tables stay at their previous version.
         row = batch_record(batch_id, str(batch_dir / "annotations.json"), str(exc))
-        append_rows(processor.quarantine_frame([row]), lake.table_path("coco_quarantine"))
+        append_rows(pa.Table.from_pylist([row], schema=QUARANTINE_COLUMNS), lake.table_path("coco_quarantine"))
         raise dg.Failure(description=f"Batch {batch_id} could not be ingested: {exc}",
                          metadata={"batch_id": batch_id, "error": str(exc)}) from exc
 
-    frames = {"coco_images": batch.images, "coco_annotations": batch.annotations,
-              "coco_categories": batch.categories, "coco_quarantine": batch.quarantine}
-    for frame in frames.values():
-        frame.cache()
-    row_counts = {name: frame.count() for name, frame in frames.items()}
-    versions = {name: replace_batch(frame, lake.table_path(name), batch_id) for name, frame in frames.items()}
+    # Each table's batch is replaced by one atomic commit, straight from Arrow (delta-rs).
+    versions = batch.write(lake.table_path)
+    row_counts = {name: rows.num_rows for name, rows in batch.tables.items()}
 
     for name in COCO_TABLES:
         extra = {}
@@ -69,22 +91,45 @@ def coco_tables(context: dg.AssetExecutionContext, spark: PySparkResource, lake:
         if name == "coco_images":
             extra = {"records_read": dg.MetadataValue.json(batch.counts["read"]),
                      "accepted": dg.MetadataValue.json(batch.counts["accepted"]),
-                     "quarantined": dg.MetadataValue.json(batch.counts["quarantined"])}
+                     "quarantined": dg.MetadataValue.json(batch.counts["quarantined"]),
+                     "image_storage": "bytes + sha256" if ingestion.store_image_bytes else "path + sha256"}
+        if name == "coco_categories":
+            extra = {"taxonomy_conflicts": batch.counts["quarantined_by_reason"].get("taxonomy_conflict", 0)}
         yield dg.MaterializeResult(
             asset_key=name,
             metadata={
                 "batch_id": batch_id,
                 "dagster/row_count": row_counts[name],
                 "delta_version": versions[name],
+                "delta_versions": dg.MetadataValue.json(versions),
                 "path": dg.MetadataValue.path(lake.table_path(name)),
                 "source_file": batch.source_file,
                 **extra,
             },
         )
 
-    results = run_quality_suites(batch.images, batch.annotations, batch.categories)
-    for frame in frames.values():
-        frame.unpersist()
+    # The checks read back what was written, with Spark (so they scale out on a cluster).
+    def written(name: str):
+        return session.read.format("delta").load(lake.table_path(name)).where(F.col("batch_id") == batch_id)
+
+    existing_images = (session.read.format("delta").load(lake.table_path("coco_images"))
+                       .where(F.col("batch_id") != batch_id).select("batch_id", "image_id", "sha256"))
+    results = run_quality_suites(written("coco_images"), written("coco_annotations"), written("coco_categories"),
+                                 existing_images_df=existing_images, **ingestion.check_options())
+    metrics = quality_metrics_rows(batch_id, results, run_id=context.run_id)
+    metrics_version = append_rows(quality_metrics_table(metrics), lake.table_path(QUALITY_TABLE))
+    failed = [r for r in results if not r.passed]
+    yield dg.MaterializeResult(
+        asset_key=QUALITY_TABLE,
+        metadata={
+            "batch_id": batch_id,
+            "dagster/row_count": len(metrics),
+            "delta_version": metrics_version,
+            "path": dg.MetadataValue.path(lake.table_path(QUALITY_TABLE)),
+            "checks_passed": len(results) - len(failed),
+            "checks_failed": dg.MetadataValue.json([f"{r.name} ({r.severity})" for r in failed]),
+        },
+    )
     for result in results:
         yield dg.AssetCheckResult(
             asset_key=result.table,

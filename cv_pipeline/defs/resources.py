@@ -56,6 +56,22 @@ class PromotionPolicy(dg.ConfigurableResource):
     min_macro_f1: float = 0.5
 
 
+class IngestionPolicy(dg.ConfigurableResource):
+    """How batches are ingested and judged: image storage and the quality checks' tolerances."""
+
+    store_image_bytes: bool = False  # True: image bytes in coco_images; False: path + sha256
+    bbox_tolerance_px: float = 1.0
+    min_annotations_per_category: int = 5
+    area_rel_tolerance: float = 0.2
+    area_abs_tolerance_px: float = 16.0
+    max_imbalance_ratio: float = 10.0
+
+    def check_options(self) -> dict:
+        return {name: getattr(self, name) for name in (
+            "bbox_tolerance_px", "min_annotations_per_category", "area_rel_tolerance", "area_abs_tolerance_px",
+            "max_imbalance_ratio")}
+
+
 class ServingResource(dg.ConfigurableResource):
     """The local HTTP model server for the champion (`mlflow models serve`)."""
 
@@ -86,5 +102,8 @@ def local_resources() -> dict:
             min_macro_f1=float(os.environ.get("CV_PIPELINE_MIN_MACRO_F1", 0.5)),
         ),
         "serving": ServingResource(state_dir=str(settings.serving_dir())),
+        "ingestion": IngestionPolicy(
+            store_image_bytes=os.environ.get("CV_PIPELINE_STORE_IMAGE_BYTES", "0").lower() in ("1", "true", "yes"),
+        ),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

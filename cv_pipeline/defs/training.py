@@ -7,6 +7,7 @@ import sys
 import dagster as dg
 
 from cv_pipeline import settings
+from cv_pipeline.data.quality import ERROR, TRAINING_CHECK_DEFINITIONS
 from cv_pipeline.defs.ingestion import COCO_TABLES
 from cv_pipeline.defs.resources import LakeResource, MLflowResource
 
@@ -24,6 +25,9 @@ class TrainingDatasetConfig(dg.Config):
     group_name="training",
     kinds={"delta"},
     description="Deterministic train/val/test split of every trainable object, pinned to the Delta versions it read.",
+    check_specs=[dg.AssetCheckSpec(definition.name, asset="training_dataset", blocking=definition.severity == ERROR,
+                                   description=f"Great Expectations: {definition.description}")
+                 for definition in TRAINING_CHECK_DEFINITIONS],
 )
 def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetConfig,
                      lake: LakeResource) -> dg.MaterializeResult:
@@ -37,7 +41,17 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
         fractions={"train": config.train_fraction, "val": config.val_fraction, "test": config.test_fraction},
         min_box_size=config.min_box_size,
     )
-    return dg.MaterializeResult(metadata={
+    from cv_pipeline.data.delta_io import read_table
+    from cv_pipeline.data.quality import results_as_metadata, run_split_leakage_check
+
+    leakage = run_split_leakage_check(read_table(manifest.table_path, version=manifest.version,
+                                                 columns=["sha256", "split"]))
+    check = dg.AssetCheckResult(
+        check_name=leakage.name, passed=leakage.passed,
+        severity=dg.AssetCheckSeverity.ERROR if leakage.severity == ERROR else dg.AssetCheckSeverity.WARN,
+        metadata={k: dg.MetadataValue.json(v) if isinstance(v, list) else v
+                  for k, v in results_as_metadata(leakage).items()})
+    return dg.MaterializeResult(check_results=[check], metadata={
         "delta_version": manifest.version,
         "path": dg.MetadataValue.path(manifest.table_path),
         "source_versions": dg.MetadataValue.json(manifest.source_versions),

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from cv_pipeline.data.quality import (
     CHECK_DEFINITIONS,
     ERROR,
+    QUALITY_METRICS_SCHEMA,
+    TRAINING_CHECK_DEFINITIONS,
     WARN,
     QualityCheckResult,
     failed_blocking,
+    quality_metrics_rows,
     results_as_metadata,
     run_quality_suites,
+    run_split_leakage_check,
 )
 from cv_pipeline.data.spark import get_spark
 
@@ -23,8 +29,18 @@ IMAGES_SCHEMA = (
 )
 ANNOTATIONS_SCHEMA = (
     "batch_id string, annotation_id long, image_id long, category_id long, bbox_x double, bbox_y double, "
-    "bbox_w double, bbox_h double, area double, iscrowd int, segmentation string"
+    "bbox_w double, bbox_h double, area double, iscrowd int, segmentation string, segmentation_type string, "
+    "segmentation_area double, polygon_count int, min_polygon_coords int, odd_polygon_parts int, "
+    "rle_height int, rle_width int, num_keypoints int, keypoints string"
 )
+GEOMETRY_COLUMNS = (
+    "segmentation_type", "segmentation_area", "polygon_count", "min_polygon_coords", "odd_polygon_parts",
+    "rle_height", "rle_width",
+)
+NEW_CHECKS = {
+    "annotations_polygons_well_formed", "annotations_rle_matches_image", "annotations_area_consistent",
+    "images_duplicate_content", "categories_class_imbalance",
+}
 CATEGORIES_SCHEMA = "batch_id string, category_id long, name string, supercategory string"
 
 WIDTH, HEIGHT = 100, 80
@@ -38,7 +54,9 @@ def spark():
 def clean_rows() -> dict[str, list[dict]]:
     """Two batches that reuse the same image, annotation and category ids (legal: ids are per batch).
     Each category has 5 non-crowd annotations per batch; one box pokes 0.5 px past two edges, within
-    the 1 px tolerance; one crowd annotation covers its whole image."""
+    the 1 px tolerance; one crowd annotation covers its whole image with an uncompressed RLE. Polygons
+    are the boxes' rectangles (area = segmentation area), except a small object whose mask area is
+    15 px off its polygon's (within the tolerance), a compressed RLE and one without segmentation."""
     images, annotations, categories = [], [], []
     for batch_id in ("b1", "b2"):
         for image_id in (1, 2, 3):
@@ -58,20 +76,43 @@ def clean_rows() -> dict[str, list[dict]]:
                     bbox=(10.0 + k, 5.0, 20.0, 30.0),
                 ))
         annotations.append(annotation(batch_id, 200, image_id=1, category_id=1, bbox=(-0.5, 0.0, 80.0, 80.5)))
-        annotations.append(
-            annotation(batch_id, 201, image_id=2, category_id=2, bbox=(0.0, 0.0, 100.0, 80.0), iscrowd=1)
-        )
+        annotations.append(annotation(
+            batch_id, 201, image_id=2, category_id=2, bbox=(0.0, 0.0, 100.0, 80.0), iscrowd=1,
+            segmentation_type="rle_uncompressed",
+        ))
+        by_id = {a["annotation_id"]: a for a in annotations if a["batch_id"] == batch_id}
+        # A 3 x 3 px object: COCO's mask area (24) is well above its polygon's (9).
+        by_id[101].update(annotation(batch_id, 101, image_id=1, category_id=1, bbox=(10.0, 5.0, 3.0, 3.0),
+                                     area=24.0))
+        by_id[102].update(annotation(batch_id, 102, image_id=2, category_id=1, bbox=(11.0, 5.0, 20.0, 30.0),
+                                     segmentation_type="rle"))
+        by_id[110].update(annotation(batch_id, 110, image_id=2, category_id=2, bbox=(14.0, 5.0, 20.0, 30.0),
+                                     segmentation_type="none"))
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def annotation(batch_id, annotation_id, *, image_id, category_id, bbox, iscrowd=0, area=None) -> dict:
+def annotation(batch_id, annotation_id, *, image_id, category_id, bbox, iscrowd=0, area=None,
+               segmentation_type="polygon", **geometry) -> dict:
+    """One annotation row with the geometry columns ingestion derives: a polygon is the box's rectangle
+    (shoelace area w * h), an RLE covers the box on an image-sized mask. `geometry` overrides columns."""
     x, y, w, h = bbox
-    return dict(batch_id=batch_id, annotation_id=annotation_id, image_id=image_id, category_id=category_id,
-                bbox_x=x, bbox_y=y, bbox_w=w, bbox_h=h, area=w * h if area is None else area, iscrowd=iscrowd,
-                segmentation=json.dumps([[x, y, x + w, y, x + w, y + h]]))
+    row = dict(batch_id=batch_id, annotation_id=annotation_id, image_id=image_id, category_id=category_id,
+               bbox_x=x, bbox_y=y, bbox_w=w, bbox_h=h, area=w * h if area is None else area, iscrowd=iscrowd,
+               segmentation=None, segmentation_type=segmentation_type, segmentation_area=None,
+               polygon_count=None, min_polygon_coords=None, odd_polygon_parts=None, rle_height=None,
+               rle_width=None, num_keypoints=None, keypoints=None)
+    if segmentation_type == "polygon":
+        row.update(segmentation=json.dumps([[x, y, x + w, y, x + w, y + h, x, y + h]]), segmentation_area=w * h,
+                   polygon_count=1, min_polygon_coords=8, odd_polygon_parts=0)
+    elif segmentation_type in ("rle", "rle_uncompressed"):
+        counts = "PPYo0" if segmentation_type == "rle" else [0, int(w * h)]
+        row.update(segmentation=json.dumps({"size": [HEIGHT, WIDTH], "counts": counts}), segmentation_area=w * h,
+                   rle_height=HEIGHT, rle_width=WIDTH)
+    row.update(geometry)
+    return row
 
 
-def frames(spark, rows, *, drop_annotation_column: str | None = None):
+def frames(spark, rows, *, drop_annotation_column: str | tuple[str, ...] | None = None):
     """Spark DataFrames built through Arrow: without it, a frame made from Python rows is read back by
     Python workers in every Spark job, which costs more than the checks themselves."""
     arrow = "spark.sql.execution.arrow.pyspark.enabled"
@@ -84,7 +125,8 @@ def frames(spark, rows, *, drop_annotation_column: str | None = None):
     finally:
         spark.conf.set(arrow, previous)
     if drop_annotation_column:
-        annotations = annotations.drop(drop_annotation_column)
+        drop = (drop_annotation_column,) if isinstance(drop_annotation_column, str) else drop_annotation_column
+        annotations = annotations.drop(*drop)
     return images, annotations, categories
 
 
@@ -114,6 +156,19 @@ def test_clean_data_passes_every_check(clean_results):
     assert results["annotations_reference_existing_images"].element_count == 24
     assert all(r.unexpected_sample == [] for r in clean_results)
     assert results["categories_min_annotations"].severity == WARN
+    # Conditional checks count the rows they judge: per batch 9 polygons, 2 RLEs, 11 segmentation areas.
+    assert results["annotations_polygons_well_formed"].element_count == 18
+    assert results["annotations_rle_matches_image"].element_count == 4
+    assert results["annotations_area_consistent"].element_count == 22
+    assert results["images_duplicate_content"].element_count == 6
+    assert results["categories_class_imbalance"].element_count == 4
+    severities = {name: results[name].severity for name in NEW_CHECKS}
+    assert severities == {
+        "annotations_polygons_well_formed": ERROR, "annotations_rle_matches_image": ERROR,
+        "annotations_area_consistent": ERROR, "images_duplicate_content": WARN,
+        "categories_class_imbalance": WARN,
+    }
+    assert "0.2 * max(area, segmentation_area) + 16 px" in results["annotations_area_consistent"].description
     meta = results_as_metadata(results["annotations_bbox_inside_image"])
     assert json.loads(json.dumps(meta)) == meta
     assert set(meta) == {
@@ -129,7 +184,9 @@ def defect_rows() -> dict[str, list[dict]]:
     add = rows["annotations"].append
     # Duplicate (b2, 105): a copy of an existing, otherwise valid annotation.
     add(dict(next(a for a in rows["annotations"] if (a["batch_id"], a["annotation_id"]) == ("b2", 105))))
-    add(annotation("b2", 301, image_id=99, category_id=1, bbox=(1.0, 1.0, 5.0, 5.0)))  # dangling image
+    # Dangling image; its RLE size is wrong too, but without an image that is the reference check's.
+    add(annotation("b2", 301, image_id=99, category_id=1, bbox=(1.0, 1.0, 5.0, 5.0), segmentation_type="rle",
+                   rle_height=1, rle_width=1))
     add(annotation("b2", 302, image_id=1, category_id=77, bbox=(1.0, 1.0, 5.0, 5.0)))  # dangling category
     # 20 px past the right edge: x + w = 120 on a 100 px wide image.
     add(annotation("b2", 303, image_id=1, category_id=1, bbox=(90.0, 1.0, 30.0, 5.0)))
@@ -138,6 +195,33 @@ def defect_rows() -> dict[str, list[dict]]:
     # A category with one non-crowd annotation in b1: enough for the references, too few for min annotations.
     rows["categories"].append(dict(batch_id="b1", category_id=3, name="bird", supercategory="animal"))
     add(annotation("b1", 306, image_id=1, category_id=3, bbox=(1.0, 1.0, 5.0, 5.0)))
+    # Polygons: a 2-point part (4 coordinates), an odd part (7 coordinates), no part at all.
+    add(annotation("b2", 307, image_id=1, category_id=1, bbox=(1.0, 1.0, 5.0, 5.0), polygon_count=2,
+                   min_polygon_coords=4))
+    add(annotation("b2", 308, image_id=1, category_id=1, bbox=(1.0, 1.0, 5.0, 5.0), min_polygon_coords=7,
+                   odd_polygon_parts=1))
+    add(annotation("b2", 309, image_id=1, category_id=1, bbox=(1.0, 1.0, 5.0, 5.0), polygon_count=0,
+                   min_polygon_coords=None))
+    # An RLE whose size is (width, height): transposed.
+    add(annotation("b2", 310, image_id=2, category_id=1, bbox=(1.0, 1.0, 5.0, 5.0), segmentation_type="rle",
+                   rle_height=WIDTH, rle_width=HEIGHT))
+    # area 300 for a 600 px polygon: 300 off, more than 0.2 * 600 + 16.
+    add(annotation("b2", 311, image_id=1, category_id=1, bbox=(1.0, 1.0, 20.0, 30.0), area=300.0))
+    # Image (b2, 4) has the bytes of (b2, 1).
+    twin = next(i for i in rows["images"] if (i["batch_id"], i["image_id"]) == ("b2", 1))
+    rows["images"].append(dict(twin, image_id=4, file_name="4.jpg", file_path="/landing/b2/images/4.jpg"))
+    # Batch b3: 60 cats and 5 dogs, enough dogs for min annotations but fewer than 60 / 10.
+    rows["images"].extend(
+        dict(batch_id="b3", image_id=i, file_name=f"{i}.jpg", width=WIDTH, height=HEIGHT, sha256=f"b3{i:062d}",
+             file_path=f"/landing/b3/images/{i}.jpg")
+        for i in (1, 2)
+    )
+    rows["categories"].extend(
+        dict(batch_id="b3", category_id=c, name=n, supercategory="animal") for c, n in ((1, "cat"), (2, "dog"))
+    )
+    for k in range(65):
+        add(annotation("b3", 1000 + k, image_id=1 + k % 2, category_id=1 if k < 60 else 2,
+                       bbox=(1.0, 1.0, 5.0, 5.0)))
     return rows
 
 
@@ -154,6 +238,17 @@ def test_defects_fail_exactly_their_checks(defect_results):
         "annotations_bbox_inside_image",
         "annotations_valid_values",
         "categories_min_annotations",
+        *NEW_CHECKS,
+    }
+    assert {r.name for r in failed_blocking(list(defect_results.values()))} == {
+        "annotations_unique_ids",
+        "annotations_reference_existing_images",
+        "annotations_reference_existing_categories",
+        "annotations_bbox_inside_image",
+        "annotations_valid_values",
+        "annotations_polygons_well_formed",
+        "annotations_rle_matches_image",
+        "annotations_area_consistent",
     }
 
 
@@ -217,6 +312,185 @@ def test_too_few_annotations_is_a_warning_not_blocking(defect_results):
     assert {r.severity for r in blocking} == {ERROR}
 
 
+def test_malformed_polygons(defect_results):
+    result = defect_results["annotations_polygons_well_formed"]
+    assert not result.passed and result.severity == ERROR
+    assert result.unexpected_count == 3
+    assert sorted(result.unexpected_sample) == [307, 308, 309]
+    # RLE and segmentation-less rows are not judged: 9 clean polygons per batch, 65 in b3, and 10 added
+    # (the copy of (b2, 105), 302-309 and 311, not the RLEs 301 and 310).
+    assert result.element_count == 18 + 65 + 10
+
+
+def test_rle_size_differs_from_image(defect_results):
+    result = defect_results["annotations_rle_matches_image"]
+    assert not result.passed and result.severity == ERROR
+    assert result.unexpected_count == 1
+    assert result.unexpected_sample == [310]
+    # 301's image is missing: left to the reference check.
+    assert result.element_count == 4 + 1
+    assert "rle_height" in result.description
+
+
+def test_area_far_from_segmentation_area(defect_results):
+    result = defect_results["annotations_area_consistent"]
+    assert not result.passed and result.severity == ERROR
+    assert result.unexpected_count == 1
+    assert result.unexpected_sample == [311]
+    # 101's 24 px mask area for a 9 px polygon is within 0.2 * 24 + 16.
+    assert 101 not in result.unexpected_sample
+
+
+def test_duplicate_content_within_batch_is_a_warning(defect_results):
+    result = defect_results["images_duplicate_content"]
+    assert not result.passed and result.severity == WARN
+    assert result.unexpected_count == 2  # both images with the same bytes
+    assert sorted(result.unexpected_sample) == [1, 4]
+    assert result.element_count == 6 + 1 + 2
+    assert "images_duplicate_content" not in {r.name for r in failed_blocking(list(defect_results.values()))}
+
+
+def test_class_imbalance_is_a_warning(defect_results):
+    result = defect_results["categories_class_imbalance"]
+    assert not result.passed and result.severity == WARN
+    assert result.unexpected_count == 1
+    assert result.unexpected_sample == [2]  # (b3, dog): 5 against 60 cats
+    # Bird (1 annotation) is judged too, against b1's largest category (6): within the ratio.
+    assert result.element_count == 4 + 1 + 2
+    assert "1/10 " in result.description
+
+
+@pytest.fixture(scope="module")
+def option_results(spark):
+    """Clean rows with tighter options: image (b2, 3)'s bytes are already in the table under batch b0,
+    the imbalance ratio is 1.1 (5 dogs < 6 cats / 1.1 in each batch) and areas must match exactly.
+    The table also holds b1's own rows (a re-run), which are not duplicates of themselves."""
+    images, annotations, categories = frames(spark, clean_rows())
+    b2_image_3 = next(i for i in clean_rows()["images"] if (i["batch_id"], i["image_id"]) == ("b2", 3))
+    existing = images.filter("batch_id = 'b1'").select("batch_id", "image_id", "sha256").unionByName(
+        spark.createDataFrame([("b0", 7, b2_image_3["sha256"])], "batch_id string, image_id long, sha256 string")
+    )
+    return by_name(run_quality_suites(
+        images, annotations, categories, existing_images_df=existing, max_imbalance_ratio=1.1,
+        area_rel_tolerance=0.0, area_abs_tolerance_px=0.0,
+    ))
+
+
+def test_options_fail_only_their_checks(option_results):
+    assert failed_names(option_results.values()) == {
+        "images_duplicate_content", "categories_class_imbalance", "annotations_area_consistent",
+    }
+    assert [r.name for r in failed_blocking(list(option_results.values()))] == ["annotations_area_consistent"]
+
+
+def test_duplicate_content_of_another_batch(option_results):
+    result = option_results["images_duplicate_content"]
+    assert not result.passed
+    assert result.unexpected_count == 1
+    assert result.unexpected_sample == [3]
+    assert "of the table" in result.description
+
+
+def test_imbalance_ratio_and_area_tolerance_options(option_results):
+    imbalance = option_results["categories_class_imbalance"]
+    assert imbalance.unexpected_count == 2  # dogs of b1 and b2
+    assert imbalance.unexpected_sample == [2]
+    area = option_results["annotations_area_consistent"]
+    assert area.unexpected_count == 2  # the small object of each batch
+    assert area.unexpected_sample == [101]
+    assert "0 * max(area, segmentation_area) + 0 px" in area.description
+
+
+def test_frames_without_geometry_columns(spark):
+    """Frames as written before ingestion derived the geometry columns: the schema checks name them and
+    the checks that read them fail as not evaluated; the others still run and pass."""
+    images, annotations, categories = frames(spark, clean_rows(), drop_annotation_column=GEOMETRY_COLUMNS)
+    results = by_name(run_quality_suites(images.drop("sha256"), annotations, categories))
+    assert failed_names(results.values()) == {
+        "images_schema", "annotations_schema", "annotations_polygons_well_formed",
+        "annotations_rle_matches_image", "annotations_area_consistent", "images_duplicate_content",
+    }
+    assert sorted(results["annotations_schema"].unexpected_sample) == sorted(GEOMETRY_COLUMNS)
+    assert results["images_schema"].unexpected_sample == ["sha256"]
+    for name in NEW_CHECKS - {"categories_class_imbalance"}:
+        assert "Not evaluated" in results[name].description, name
+        assert results[name].element_count == 0
+    assert "coco_annotations.segmentation_area" in results["annotations_area_consistent"].description
+    assert "coco_images.sha256" in results["images_duplicate_content"].description
+
+
+def test_rejects_bad_options(spark):
+    images, annotations, categories = frames(spark, clean_rows())
+    with pytest.raises(ValueError, match="max_imbalance_ratio"):
+        run_quality_suites(images, annotations, categories, max_imbalance_ratio=0.5)
+    with pytest.raises(ValueError, match="area_rel_tolerance"):
+        run_quality_suites(images, annotations, categories, area_rel_tolerance=-0.1)
+    with pytest.raises(TypeError, match="existing_images_df"):
+        run_quality_suites(images, annotations, categories, existing_images_df=pd.DataFrame())
+    with pytest.raises(ValueError, match="sha256"):
+        run_quality_suites(images, annotations, categories, existing_images_df=images.drop("sha256"))
+
+
+def test_split_without_leakage_passes():
+    manifest = pd.DataFrame({
+        "sha256": ["a", "a", "b", "c", None], "split": ["train", "train", "val", "test", "train"],
+        "image_id": [1, 1, 2, 3, 4],
+    })
+    result = run_split_leakage_check(manifest)
+    assert result.name == "training_split_no_leakage" == TRAINING_CHECK_DEFINITIONS[0].name
+    assert result.table == "training_dataset" and result.severity == ERROR
+    assert result.passed
+    assert (result.element_count, result.unexpected_count, result.unexpected_sample) == (3, 0, [])
+    assert "training_split_no_leakage" not in {d.name for d in CHECK_DEFINITIONS}
+
+
+@pytest.mark.parametrize("as_arrow", [False, True])
+def test_split_leakage_fails_with_the_hashes(as_arrow):
+    manifest = pd.DataFrame({
+        "sha256": ["x", "a", "a", "b", "x", "x", "c"],
+        "split": ["train", "train", "val", "val", "test", "train", "test"],
+    })
+    frame = pa.Table.from_pandas(manifest) if as_arrow else manifest
+    result = run_split_leakage_check(frame)
+    assert not result.passed and result.severity == ERROR
+    assert result.element_count == 4  # distinct hashes
+    assert result.unexpected_count == 2
+    assert sorted(result.unexpected_sample) == ["a", "x"]
+    assert failed_blocking([result]) == [result]
+    assert json.loads(json.dumps(results_as_metadata(result))) == results_as_metadata(result)
+
+
+def test_split_leakage_without_split_column_is_not_evaluated():
+    result = run_split_leakage_check(pd.DataFrame({"sha256": ["a", "b"]}))
+    assert not result.passed
+    assert result.unexpected_sample == ["split"]
+    assert "Not evaluated" in result.description and "training_dataset.split" in result.description
+    with pytest.raises(TypeError, match="pandas DataFrame or a pyarrow Table"):
+        run_split_leakage_check([{"sha256": "a", "split": "train"}])
+
+
+def test_quality_metrics_rows(spark, clean_results, defect_results):
+    at = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    rows = quality_metrics_rows("b2", list(defect_results.values()), run_id="run-1", evaluated_at=at)
+    assert len(rows) == len(CHECK_DEFINITIONS)
+    fields = [f.split()[0] for f in QUALITY_METRICS_SCHEMA.split(", ")]
+    assert all(list(row) == fields for row in rows)
+    polygons = next(r for r in rows if r["check_name"] == "annotations_polygons_well_formed")
+    assert polygons == {
+        "batch_id": "b2", "check_name": "annotations_polygons_well_formed", "table_name": "coco_annotations",
+        "severity": ERROR, "passed": False, "element_count": 93, "unexpected_count": 3,
+        "unexpected_fraction": pytest.approx(3 / 93), "evaluated_at": at, "run_id": "run-1",
+    }
+    not_evaluated = QualityCheckResult("x", "coco_images", WARN, False, "", 0, 1, ["sha256"], [])
+    defaults = quality_metrics_rows("b1", [*clean_results, not_evaluated])
+    assert defaults[-1]["unexpected_fraction"] is None and defaults[-1]["run_id"] is None
+    assert defaults[0]["unexpected_fraction"] == 0.0 and defaults[0]["evaluated_at"].tzinfo is not None
+    assert len({r["evaluated_at"] for r in defaults}) == 1
+    table = spark.createDataFrame(rows + defaults, QUALITY_METRICS_SCHEMA)
+    assert table.count() == 2 * len(CHECK_DEFINITIONS) + 1
+    assert table.filter("passed = false and batch_id = 'b2'").count() == len(NEW_CHECKS) + 6
+
+
 def test_missing_column_and_wrong_type_fail_schema(spark):
     images, annotations, categories = frames(spark, clean_rows(), drop_annotation_column="iscrowd")
     images = images.withColumn("height", images["height"].cast("long"))
@@ -235,9 +509,11 @@ def test_missing_column_and_wrong_type_fail_schema(spark):
     assert not results["annotations_valid_values"].passed
     assert "Not evaluated" in results["annotations_valid_values"].description
     assert not results["categories_min_annotations"].passed
+    assert "Not evaluated" in results["categories_class_imbalance"].description
     # Everything else still runs and passes.
     assert failed_names(results.values()) == {
         "images_schema", "annotations_schema", "annotations_valid_values", "categories_min_annotations",
+        "categories_class_imbalance",
     }
 
 

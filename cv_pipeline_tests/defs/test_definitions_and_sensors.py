@@ -15,7 +15,8 @@ def test_definitions_load():
     from cv_pipeline.definitions import defs
 
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
-    assert keys == {"coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "training_dataset",
+    assert keys == {"coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "coco_batches",
+                    "coco_quality_metrics", "training_dataset",
                     "classifier_model", "classifier_evaluation", "registered_classifier", "champion_classifier",
                     "serving_endpoint"}
     assert defs.resolve_job_def("ingest_batch").partitions_def == landing_batches
@@ -69,3 +70,33 @@ def test_landing_sensor_skips_batches_ingested_elsewhere(tmp_path):
     result = landing_batch_sensor(dg.build_sensor_context(instance=instance, cursor=None),
                                   landing=LandingZoneResource(landing_dir=str(landing)))
     assert not result.run_requests
+
+
+def test_landing_sensor_survives_a_restart(tmp_path):
+    """A `dagster dev` restart is a new instance on the same storage: with the stored cursor, or even
+    with the cursor lost, nothing is ingested twice and a batch that lands meanwhile is not skipped."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    for batch in ("batch_0001", "batch_0002"):
+        shutil.copytree(SAMPLES / "landing" / batch, landing / batch)
+    resource = LandingZoneResource(landing_dir=str(landing))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+
+    before = dg.DagsterInstance.local_temp(tempdir=str(home))
+    first = landing_batch_sensor(dg.build_sensor_context(instance=before, cursor=None), landing=resource)
+    assert [r.partition_key for r in first.run_requests] == ["batch_0001", "batch_0002"]
+    before.add_dynamic_partitions(landing_batches.name, ["batch_0001", "batch_0002"])
+    for batch in ("batch_0001", "batch_0002"):  # both ingestion runs finished before the restart
+        before.report_runless_asset_event(dg.AssetMaterialization("coco_images", partition=batch))
+    cursor = first.cursor
+    before.dispose()
+
+    # a batch lands while the server is down
+    shutil.copytree(SAMPLES / "landing" / "batch_0001", landing / "batch_0003")
+    after = dg.DagsterInstance.local_temp(tempdir=str(home))
+    for stored_cursor in (cursor, None):  # the daemon's stored cursor, or a reset sensor
+        result = landing_batch_sensor(dg.build_sensor_context(instance=after, cursor=stored_cursor), landing=resource)
+        assert [r.partition_key for r in result.run_requests] == ["batch_0003"]
+        assert [r.run_key for r in result.run_requests] == ["ingest-batch_0003"]
+    after.dispose()

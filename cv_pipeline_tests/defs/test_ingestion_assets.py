@@ -1,5 +1,6 @@
 """The ingestion asset on real Spark and Delta: quality checks block, unreadable batches leave tables as they were."""
 
+import json
 import shutil
 
 import dagster as dg
@@ -8,9 +9,9 @@ from dagster_pyspark import PySparkResource
 
 from cv_pipeline.data.delta_io import read_table, table_version
 from cv_pipeline.data.spark import delta_spark_config
-from cv_pipeline.defs.ingestion import COCO_TABLES, coco_tables
+from cv_pipeline.defs.ingestion import COCO_TABLES, QUALITY_TABLE, coco_tables
 from cv_pipeline.defs.partitions import landing_batches
-from cv_pipeline.defs.resources import LakeResource, LandingZoneResource
+from cv_pipeline.defs.resources import IngestionPolicy, LakeResource, LandingZoneResource
 from cv_pipeline_tests.conftest import SAMPLES
 
 
@@ -27,6 +28,7 @@ def workspace(spark, tmp_path_factory):
         "spark": PySparkResource(spark_config=delta_spark_config()),
         "lake": LakeResource(lake_dir=str(root / "lake")),
         "landing": LandingZoneResource(landing_dir=str(landing)),
+        "ingestion": IngestionPolicy(),
     }
     return {"root": root, "landing": landing, "lake": root / "lake", "instance": instance, "resources": resources}
 
@@ -40,11 +42,16 @@ def test_good_batch_materializes_all_tables_and_passes_checks(workspace):
     result = ingest(workspace, "batch_0001")
     assert result.success
     materialized = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
-    assert set(materialized) == set(COCO_TABLES)
+    assert set(materialized) == set(COCO_TABLES) | {QUALITY_TABLE}
     assert materialized["coco_annotations"]["dagster/row_count"].value == 271
     assert materialized["coco_images"]["delta_version"].value == 0
+    assert materialized["coco_annotations"]["delta_versions"].value == {name: 0 for name in COCO_TABLES}
     evaluations = result.get_asset_check_evaluations()
     assert evaluations and all(e.passed for e in evaluations if e.severity == dg.AssetCheckSeverity.ERROR)
+    [batch] = read_table(workspace["lake"] / "coco_batches").to_pylist()
+    assert json.loads(batch["records_read"]) == {"images": 110, "annotations": 271, "categories": 6}
+    metrics = read_table(workspace["lake"] / QUALITY_TABLE).to_pandas()
+    assert len(metrics) == len(evaluations) and set(metrics.batch_id) == {"batch_0001"}
 
 
 def test_defective_batch_fails_blocking_checks_and_keeps_rejects(workspace):
@@ -52,15 +59,19 @@ def test_defective_batch_fails_blocking_checks_and_keeps_rejects(workspace):
     # failed blocking checks fail the run, so the retrain sensor (run success) and the CLI do not train
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "blocking asset checks failed" in str(failure.event_specific_data.error)
+    assert "blocking asset check" in str(failure.event_specific_data.error)
     failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
-    assert {"annotations_unique_ids", "annotations_bbox_inside_image"} <= set(failed)
+    assert "annotations_bbox_inside_image" in failed
     assert 9000016 in failed["annotations_bbox_inside_image"].metadata["unexpected_sample"].value
-    assert all(failed[name].severity == dg.AssetCheckSeverity.ERROR
-               for name in ("annotations_unique_ids", "annotations_bbox_inside_image"))
+    assert failed["annotations_bbox_inside_image"].severity == dg.AssetCheckSeverity.ERROR
     quarantine = read_table(workspace["lake"] / "coco_quarantine").to_pandas()
     reasons = set(quarantine.loc[quarantine.batch_id == "batch_defective", "reason_code"])
-    assert {"unknown_category", "unknown_image", "image_missing", "image_undecodable", "image_rejected"} <= reasons
+    assert {"unknown_category", "unknown_image", "image_missing", "image_undecodable", "image_rejected",
+            "duplicate_id"} <= reasons
+    # the failed checks are in the per-batch quality history too
+    metrics = read_table(workspace["lake"] / QUALITY_TABLE).to_pandas()
+    failed_rows = metrics[(metrics.batch_id == "batch_defective") & ~metrics.passed]
+    assert set(failed_rows.check_name) == set(failed)
 
 
 def test_unreadable_batch_fails_and_leaves_tables_as_they_were(workspace):
@@ -82,3 +93,37 @@ def test_reingesting_a_batch_replaces_its_rows(workspace):
     again = read_table(workspace["lake"] / "coco_annotations").to_pandas()
     assert len(again) == len(first)
     assert (again.batch_id == "batch_0001").sum() == 271
+
+
+def test_batch_is_written_back_as_the_same_coco_document(workspace):
+    from cv_pipeline.data.export import read_batch_document
+
+    source = json.loads((workspace["landing"] / "batch_0001" / "annotations.json").read_text())
+    for annotation in source["annotations"]:
+        annotation.setdefault("iscrowd", 0)  # the documented default
+    document = read_batch_document(lambda name: str(workspace["lake"] / name), "batch_0001")
+    assert document == source
+
+
+def test_conflicting_taxonomy_is_quarantined_with_its_annotations(workspace):
+    batch = workspace["landing"] / "batch_renamed"
+    shutil.copytree(SAMPLES / "landing" / "batch_0002", batch)
+    document = json.loads((batch / "annotations.json").read_text())
+    renamed = document["categories"][0]
+    renamed["name"] = renamed["name"] + "_v2"  # same id, another name than batch_0001 gave it
+    (batch / "annotations.json").write_text(json.dumps(document))
+    workspace["instance"].add_dynamic_partitions(landing_batches.name, ["batch_renamed"])
+    result = ingest(workspace, "batch_renamed")
+    materialized = {e.asset_key.to_user_string(): e.materialization.metadata
+                    for e in result.get_asset_materialization_events()}
+    assert materialized["coco_categories"]["taxonomy_conflicts"].value == 1
+    quarantine = read_table(workspace["lake"] / "coco_quarantine", filters=[("batch_id", "=", "batch_renamed")])
+    rows = quarantine.to_pandas()
+    conflict = rows[rows.reason_code == "taxonomy_conflict"]
+    assert list(conflict.record_id) == [str(renamed["id"])]
+    assert "conflicts with the landing zone's taxonomy" in conflict.iloc[0].message
+    dropped = rows[rows.reason_code == "category_rejected"]
+    expected = [a["id"] for a in document["annotations"] if a["category_id"] == renamed["id"]]
+    assert sorted(int(i) for i in dropped.record_id) == sorted(expected) and expected
+    categories = read_table(workspace["lake"] / "coco_categories", filters=[("batch_id", "=", "batch_renamed")])
+    assert renamed["id"] not in categories.column("category_id").to_pylist()

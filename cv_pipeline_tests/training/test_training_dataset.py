@@ -100,3 +100,6 @@ def test_training_dataset_asset_function(lake):
     assert metadata["num_classes"] == 6
     assert metadata["source_versions"].value == {"coco_images": 1, "coco_annotations": 1, "coco_categories": 1}
     assert metadata["dagster/row_count"] == sum(metadata["split_objects"].value.values())
+    # identical image content never lands in two splits (GX on the written manifest)
+    [check] = result.check_results
+    assert check.check_name == "training_split_no_leakage" and check.passed
