@@ -44,8 +44,11 @@ def step_failures(result) -> list[str]:
     """The root-cause message of each failed step of an in-process run."""
     messages = []
     for event in result.all_events:
-        if event.is_step_failure and event.event_specific_data and event.event_specific_data.error:
-            error = event.event_specific_data.error
+        data = event.event_specific_data if event.is_step_failure else None
+        if data is not None and getattr(data, "user_failure_data", None) and data.user_failure_data.description:
+            messages.append(f"{event.step_key}: {data.user_failure_data.description.strip()}")  # a dg.Failure
+        elif data is not None and data.error:
+            error = data.error
             while error.cause is not None:
                 error = error.cause
             messages.append(f"{event.step_key}: {error.message.strip()}")
