@@ -22,6 +22,7 @@ instead (slower, same rules).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import re
@@ -152,7 +153,7 @@ class _Annotation(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     id: Any = _MISSING
     image_id: Any = _MISSING
     category_id: Any = _MISSING
-    bbox: Any = _MISSING
+    bbox: msgspec.Raw | msgspec.UnsetType = _MISSING  # decoded in bulk (see _bbox_array)
     area: Any = _MISSING
     iscrowd: Any = _MISSING
     segmentation: msgspec.Raw | msgspec.UnsetType = _MISSING
@@ -658,8 +659,26 @@ def _masked(values: np.ndarray, type_: pa.DataType) -> pa.Array:
     return pa.array(values, type_, mask=mask)
 
 
+_BBOXES = msgspec.json.Decoder(list[tuple[float, float, float, float] | None])
+
+
 def _bbox_array(values: list) -> np.ndarray:
-    """n x 4 float array; a row of NaN where the value is not a list of 4 finite numbers."""
+    """n x 4 float array; a row of NaN where the value is not a list of 4 finite numbers.
+
+    Typed records hold each bbox still encoded: all are decoded by one strict msgspec call (numbers
+    only, no booleans or strings); if any is not 4 numbers, the values are decoded and judged one by one.
+    """
+    if values and all(type(v) is msgspec.Raw or v is _MISSING for v in values):
+        try:
+            boxes = _BBOXES.decode(b"[" + b",".join(b"null" if v is _MISSING else v for v in values) + b"]")
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            values = [v if v is _MISSING else msgspec.json.decode(v) for v in values]
+        else:
+            nan4 = (math.nan,) * 4
+            out = np.fromiter(itertools.chain.from_iterable(nan4 if b is None else b for b in boxes), np.float64,
+                              4 * len(boxes)).reshape(-1, 4)
+            out[~np.isfinite(out).all(axis=1)] = np.nan
+            return out
     n = len(values)
     out = np.full((n, 4), np.nan)
     good = np.fromiter((type(v) is list and len(v) == 4 for v in values), bool, n)
@@ -706,16 +725,17 @@ class _Segmentations:
         self.polygon_rows = np.fromiter((t is not _MISSING and memoryview(t)[0] == 91 for t in values), bool, n)
         rows = np.flatnonzero(self.polygon_rows)
         chunks = [[self.texts[i] for i in rows[k:k + _POLYGON_CHUNK]] for k in range(0, len(rows), _POLYGON_CHUNK)]
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cv_pipeline-polygons")
-        self._future = self._pool.submit(lambda: _concat_stats([_polygon_chunk(c) for c in chunks]) if chunks else None)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cv_pipeline-polygons")
+        self._futures = [self._pool.submit(_polygon_chunk, chunk) for chunk in chunks]
 
     def finish(self, section: _Section) -> dict[str, np.ndarray]:
         """Per record: type, area (shoelace or RLE pixel count), polygon part statistics, RLE size;
         rejects malformed segmentations."""
         try:
-            stats = self._future.result()
+            parts = [future.result() for future in self._futures]
         finally:
             self._pool.shutdown()
+        stats = _concat_stats(parts) if parts else None
         n = len(self.texts)
         geometry = {"type": np.full(n, None, dtype=object)}
         for name in ("area", "parts", "min_coords", "odd_parts", "rle_h", "rle_w"):
@@ -861,7 +881,7 @@ def _bulk_polygons(texts: list[bytes]) -> dict[str, np.ndarray]:
     try:
         values = pacsv.read_csv(
             io.BytesIO(joined.translate(_COMMA_TO_NEWLINE, b"[]")),
-            read_options=pacsv.ReadOptions(column_names=["v"], block_size=1 << 24),
+            read_options=pacsv.ReadOptions(column_names=["v"], block_size=1 << 20),
             parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=False),
             convert_options=pacsv.ConvertOptions(column_types={"v": pa.float64()}),
         ).column(0)
