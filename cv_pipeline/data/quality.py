@@ -101,6 +101,7 @@ _POLYGON_OK = "_qc_polygon_well_formed"
 _RLE_MATCHES = "_qc_rle_matches_image"
 _AREA_OK = "_qc_area_consistent"
 _CONTENT_UNIQUE = "_qc_content_unique"
+_AS_DECLARED = "_qc_decoded_as_declared"
 _BALANCED = "_qc_category_balanced"
 _SPLIT_COUNT = "_qc_split_count"
 
@@ -129,6 +130,7 @@ _NEEDS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "annotations_area_consistent": {ANNOTATIONS: ("area", "segmentation_area")},
     "images_duplicate_content": {IMAGES: ("batch_id", "sha256")},
+    "images_decoded_as_declared": {IMAGES: ("width", "height", "actual_width", "actual_height", "image_format")},
     "categories_class_imbalance": {
         CATEGORIES: ("batch_id", "category_id"),
         ANNOTATIONS: ("batch_id", "category_id", "iscrowd"),
@@ -163,6 +165,10 @@ CHECK_DEFINITIONS: tuple[QualityCheckDefinition, ...] = (
         "categories_unique_ids", CATEGORIES, ERROR, "(batch_id, category_id) and (batch_id, name) are unique."
     ),
     QualityCheckDefinition("images_valid_size", IMAGES, ERROR, "width > 0 and height > 0."),
+    QualityCheckDefinition(
+        "images_decoded_as_declared", IMAGES, ERROR,
+        "The image file was decoded in full and its actual width and height are the declared ones.",
+    ),
     QualityCheckDefinition(
         "annotations_reference_existing_images", ANNOTATIONS, ERROR,
         "Every annotation's (batch_id, image_id) exists in coco_images.",
@@ -462,6 +468,10 @@ def _build_frames(inputs: dict, columns: dict, params: _Params, existing_images)
 
     if _ready(columns, "images_duplicate_content"):
         images = _with_content_flag(images, existing_images)
+    if _ready(columns, "images_decoded_as_declared"):
+        decoded = ((F.col("actual_width") == F.col("width")) & (F.col("actual_height") == F.col("height"))
+                   & F.col("image_format").isNotNull())
+        images = images.withColumn(_AS_DECLARED, F.coalesce(decoded, F.lit(False)))
 
     if _has(columns, ANNOTATIONS, "batch_id", "image_id") and _has(columns, IMAGES, "batch_id", "image_id"):
         with_size = _has(columns, IMAGES, "width", "height")
@@ -673,6 +683,7 @@ def _plan_expectations(columns: dict, params: _Params) -> list[_Planned]:
         ("annotations_rle_matches_image", ANNOTATIONS, _RLE_MATCHES),
         ("annotations_area_consistent", ANNOTATIONS, _AREA_OK),
         ("images_duplicate_content", IMAGES, _CONTENT_UNIQUE),
+        ("images_decoded_as_declared", IMAGES, _AS_DECLARED),
         ("categories_class_imbalance", CATEGORIES, _BALANCED),
     ):
         if needs(check, _NEEDS[check]):

@@ -25,7 +25,8 @@ from cv_pipeline.data.quality import (
 from cv_pipeline.data.spark import get_spark
 
 IMAGES_SCHEMA = (
-    "batch_id string, image_id long, file_name string, width int, height int, sha256 string, file_path string"
+    "batch_id string, image_id long, file_name string, width int, height int, sha256 string, file_path string, "
+    "actual_width int, actual_height int, image_format string"
 )
 ANNOTATIONS_SCHEMA = (
     "batch_id string, annotation_id long, image_id long, category_id long, bbox_x double, bbox_y double, "
@@ -63,6 +64,7 @@ def clean_rows() -> dict[str, list[dict]]:
             images.append(dict(
                 batch_id=batch_id, image_id=image_id, file_name=f"{image_id}.jpg", width=WIDTH, height=HEIGHT,
                 sha256=f"{batch_id}{image_id:062d}", file_path=f"/landing/{batch_id}/images/{image_id}.jpg",
+                actual_width=WIDTH, actual_height=HEIGHT, image_format="JPEG",
             ))
         for category_id, name in ((1, "cat"), (2, "dog")):
             categories.append(
@@ -213,9 +215,11 @@ def defect_rows() -> dict[str, list[dict]]:
     # Batch b3: 60 cats and 5 dogs, enough dogs for min annotations but fewer than 60 / 10.
     rows["images"].extend(
         dict(batch_id="b3", image_id=i, file_name=f"{i}.jpg", width=WIDTH, height=HEIGHT, sha256=f"b3{i:062d}",
-             file_path=f"/landing/b3/images/{i}.jpg")
+             file_path=f"/landing/b3/images/{i}.jpg", actual_width=WIDTH, actual_height=HEIGHT, image_format="JPEG")
         for i in (1, 2)
     )
+    # Image (b3, 2) declares 100 x 80 but its file is 80 x 100.
+    rows["images"][-1].update(actual_width=HEIGHT, actual_height=WIDTH)
     rows["categories"].extend(
         dict(batch_id="b3", category_id=c, name=n, supercategory="animal") for c, n in ((1, "cat"), (2, "dog"))
     )
@@ -232,6 +236,7 @@ def defect_results(spark):
 
 def test_defects_fail_exactly_their_checks(defect_results):
     assert failed_names(defect_results.values()) == {
+        "images_decoded_as_declared",
         "annotations_unique_ids",
         "annotations_reference_existing_images",
         "annotations_reference_existing_categories",
@@ -241,6 +246,7 @@ def test_defects_fail_exactly_their_checks(defect_results):
         *NEW_CHECKS,
     }
     assert {r.name for r in failed_blocking(list(defect_results.values()))} == {
+        "images_decoded_as_declared",
         "annotations_unique_ids",
         "annotations_reference_existing_images",
         "annotations_reference_existing_categories",
@@ -250,6 +256,11 @@ def test_defects_fail_exactly_their_checks(defect_results):
         "annotations_rle_matches_image",
         "annotations_area_consistent",
     }
+
+
+def test_image_decoded_at_another_size(defect_results):
+    result = defect_results["images_decoded_as_declared"]
+    assert (result.unexpected_count, result.unexpected_sample, result.element_count) == (1, [2], 9)
 
 
 def test_duplicate_annotation_id(defect_results):
@@ -488,7 +499,7 @@ def test_quality_metrics_rows(spark, clean_results, defect_results):
     assert len({r["evaluated_at"] for r in defaults}) == 1
     table = spark.createDataFrame(rows + defaults, QUALITY_METRICS_SCHEMA)
     assert table.count() == 2 * len(CHECK_DEFINITIONS) + 1
-    assert table.filter("passed = false and batch_id = 'b2'").count() == len(NEW_CHECKS) + 6
+    assert table.filter("passed = false and batch_id = 'b2'").count() == len(NEW_CHECKS) + 7
 
 
 def test_missing_column_and_wrong_type_fail_schema(spark):
