@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from cv_pipeline.data.coco import ParsedCOCO, parse_coco
 from cv_pipeline.data.delta_io import validate_batch_id
-from cv_pipeline.data.images import IMAGE_CHECK_COLUMNS, inspect_image_partitions
+from cv_pipeline.data.images import image_check_columns, inspect_image_partitions_fn
 
 ANNOTATIONS_FILE = "annotations.json"
 IMAGES_DIR = "images"
@@ -47,7 +47,13 @@ QUARANTINE_COLUMNS = pa.schema([(name, pa.string()) for name in (
     "batch_id", "source_file", "record_type", "record_id", "record_json", "reason_code", "message")]
     + [("quarantined_at", pa.timestamp("us", tz="UTC"))])
 _INSPECT_INPUT_SCHEMA = "image_id long, file_path string"
-_INSPECT_OUTPUT_SCHEMA = _INSPECT_INPUT_SCHEMA + ", " + ", ".join(f"{k} {v}" for k, v in IMAGE_CHECK_COLUMNS.items())
+
+
+def _inspect_output_schema(include_bytes: bool) -> str:
+    columns = image_check_columns(include_bytes)
+    return _INSPECT_INPUT_SCHEMA + ", " + ", ".join(f"{k} {v}" for k, v in columns.items())
+
+
 _FILE_FACTS = {  # image table column <- inspection column, Arrow type
     "file_path": ("file_path", pa.string()),
     "actual_width": ("actual_width", pa.int32()),
@@ -129,8 +135,10 @@ class COCOProcessor:
         batch_id = validate_batch_id(batch_id or path.parent.name)
         return self.spark.createDataFrame(_with_keys(parsed.annotations, batch_id, "annotation", _now()))
 
-    def process_images(self, images_dir: str | Path, image_records: pa.Table | list[dict] | None = None):
-        """Inspect image files in Spark tasks: existence, full decode, size, format, channels, sha256.
+    def process_images(self, images_dir: str | Path, image_records: pa.Table | list[dict] | None = None,
+                       include_bytes: bool = False):
+        """Inspect image files in Spark tasks: existence, full decode, size, format, channels, sha256
+        (and the bytes themselves with `include_bytes`); each file is read once, by an executor.
 
         With no records, every file under `images_dir` is inspected (image_id is then null).
         """
@@ -145,7 +153,8 @@ class COCOProcessor:
         frame = self.spark.createDataFrame(
             pa.table({"image_id": pa.array(ids, pa.int64()), "file_path": pa.array(paths, pa.string())}))
         partitions = self.image_partitions or max(1, min(len(paths), self.spark.sparkContext.defaultParallelism * 2))
-        return frame.repartition(partitions).mapInPandas(inspect_image_partitions, _INSPECT_OUTPUT_SCHEMA)
+        return frame.repartition(partitions).mapInPandas(inspect_image_partitions_fn(include_bytes),
+                                                         _inspect_output_schema(include_bytes))
 
     def ingest_batch(self, batch_dir: str | Path, batch_id: str | None = None, *,
                      taxonomy: Mapping[int, str] | None = None, inspect_images: bool = True) -> BatchIngestion:
@@ -165,7 +174,7 @@ class COCOProcessor:
         if inspect_images:
             images = self._inspect_and_reject(parsed, batch_dir / IMAGES_DIR)
         else:
-            images = _append_null_facts(images)
+            images = _append_null_facts(images, self.store_image_bytes)
         parsed.release_sources()  # every reject is made: free the decoded document before Spark
         images = _with_keys(images, batch_id, "image", now)
         annotations = _with_keys(parsed.annotations, batch_id, "annotation", now)
@@ -193,9 +202,10 @@ class COCOProcessor:
         """Inspect every accepted image's file; reject those missing, undecodable or of another size
         (and their annotations); returns the remaining images with their file facts."""
         if not parsed.images.num_rows:
-            return _append_null_facts(parsed.images)
+            return _append_null_facts(parsed.images, self.store_image_bytes)
         images = parsed.images
-        facts = self.process_images(images_dir, images.select(["image_id", "file_name"])).toArrow().to_pandas()
+        facts = self.process_images(images_dir, images.select(["image_id", "file_name"]),
+                                    include_bytes=self.store_image_bytes).toArrow().to_pandas()
         facts = facts.drop_duplicates("image_id").set_index("image_id").reindex(images.column("image_id").to_numpy())
         problems = [_image_problem(w, h, f) for w, h, f in zip(
             images.column("width").to_pylist(), images.column("height").to_pylist(), facts.itertuples())]
@@ -218,6 +228,8 @@ class COCOProcessor:
         for name, (source, type_) in _FILE_FACTS.items():
             values = facts[source].tolist()
             images = images.append_column(name, pa.array([None if v != v else v for v in values], type_))
+        if self.store_image_bytes:
+            images = images.append_column("image_bytes", pa.array(facts["image_bytes"].tolist(), pa.binary()))
         return images
 
 
@@ -225,9 +237,11 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _append_null_facts(images: pa.Table) -> pa.Table:
+def _append_null_facts(images: pa.Table, include_bytes: bool = False) -> pa.Table:
     for name, (_, type_) in _FILE_FACTS.items():
         images = images.append_column(name, pa.nulls(images.num_rows, type_))
+    if include_bytes:
+        images = images.append_column("image_bytes", pa.nulls(images.num_rows, pa.binary()))
     return images
 
 

@@ -35,6 +35,20 @@ def test_sample_batch_ingests_completely(processor):
     assert len(crowd) == 2 and set(crowd["segmentation_type"]) == {"rle_uncompressed"}
 
 
+def test_image_bytes_are_stored_when_configured(spark):
+    import hashlib
+
+    batch = COCOProcessor(spark, store_image_bytes=True).ingest_batch(SAMPLES / "landing" / "batch_0002")
+    images = batch.tables["coco_images"].to_pylist()
+    assert len(images) == 110
+    for image in images[:20]:
+        data = (SAMPLES / "landing" / "batch_0002" / "images" / image["file_name"]).read_bytes()
+        assert image["image_bytes"] == data and hashlib.sha256(data).hexdigest() == image["sha256"]
+    # by default the table references the file by path and hash only
+    assert "image_bytes" not in COCOProcessor(spark).ingest_batch(SAMPLES / "landing" / "batch_0002").tables[
+        "coco_images"].column_names
+
+
 def test_every_defect_is_quarantined_with_its_reason(defective):
     rows = defective.quarantine.toPandas()
     reasons = {(r.record_type, int(r.record_id)): r.reason_code for r in rows.itertuples()}
