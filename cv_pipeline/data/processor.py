@@ -150,11 +150,17 @@ class COCOProcessor:
             records = image_records.to_pylist() if isinstance(image_records, pa.Table) else image_records
             ids = [r["image_id"] for r in records]
             paths = [str(images_dir / r["file_name"]) for r in records]
-        frame = self.spark.createDataFrame(
-            pa.table({"image_id": pa.array(ids, pa.int64()), "file_path": pa.array(paths, pa.string())}))
-        partitions = self.image_partitions or max(1, min(len(paths), self.spark.sparkContext.defaultParallelism * 2))
-        return frame.repartition(partitions).mapInPandas(inspect_image_partitions_fn(include_bytes),
-                                                         _inspect_output_schema(include_bytes))
+        from cv_pipeline.data.spark import task_slots
+
+        # One Arrow record batch per task slot becomes one partition each: no shuffle to spread the
+        # files over the cores (Spark's fixed cost per job is what bounds small batches).
+        table = pa.table({"image_id": pa.array(ids, pa.int64()), "file_path": pa.array(paths, pa.string())})
+        slices = max(1, min(len(paths), self.image_partitions or task_slots(self.spark)))
+        step = -(-len(paths) // slices) if paths else 1
+        batches = [b for i in range(slices) for b in table.slice(i * step, step).to_batches()] or table.to_batches()
+        frame = self.spark.createDataFrame(pa.Table.from_batches(batches, table.schema) if batches else table)
+        frame = frame.coalesce(slices)  # Spark spreads the batches over defaultParallelism slices, some empty
+        return frame.mapInPandas(inspect_image_partitions_fn(include_bytes), _inspect_output_schema(include_bytes))
 
     def ingest_batch(self, batch_dir: str | Path, batch_id: str | None = None, *,
                      taxonomy: Mapping[int, str] | None = None, inspect_images: bool = True) -> BatchIngestion:

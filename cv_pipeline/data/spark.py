@@ -161,3 +161,16 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def task_slots(spark) -> int:
+    """Cores Spark runs tasks on. `defaultParallelism` is the configured `spark.default.parallelism`
+    when set (CV_PIPELINE_SHUFFLE_PARTITIONS), not the core count, so local mode reads the master;
+    a cluster falls back to defaultParallelism."""
+    master = spark.sparkContext.master
+    if master.startswith("local"):
+        inner = master[len("local"):].strip("[]").split(",")[0]
+        if inner == "*":
+            return os.cpu_count() or 1
+        return int(inner) if inner else 1
+    return spark.sparkContext.defaultParallelism
