@@ -182,8 +182,8 @@ def _plain(record: Any) -> Any:
     """A decoded record as plain JSON-able Python (typed records and encoded segmentations included)."""
     if isinstance(record, msgspec.Struct):
         return json.loads(_ENCODER.encode(record))
-    if isinstance(record, dict) and isinstance(record.get("segmentation"), _EncodedSegmentation):
-        return {**record, "segmentation": json.loads(record["segmentation"], parse_constant=_non_finite)}
+    if isinstance(record, dict) and any(isinstance(v, (msgspec.Raw, _EncodedSegmentation)) for v in record.values()):
+        return {k: _plain_value(v) for k, v in record.items()}
     return record
 
 
@@ -336,10 +336,31 @@ def _decode_section(raw: Any, key: str, path: Path) -> tuple[list, str]:
     try:
         return msgspec.json.decode(raw, type=list[_TYPED[key]]), "typed"
     except msgspec.ValidationError:
+        pass
+    try:  # every record an object, some with fields we don't model: columns are decoded in bulk
+        return _RawRecords(msgspec.json.decode(raw, type=list[dict[str, msgspec.Raw]])), "raw"
+    except msgspec.ValidationError:
         value = msgspec.json.decode(raw)
         if not isinstance(value, list):
             raise COCOFormatError(f"{path}: top-level key '{key}' must be a list, got {_json_type(value)}") from None
         return [_with_encoded_segmentation(r) if key == "annotations" else r for r in value], "generic"
+
+
+class _RawRecords(list):
+    """A section's records as {field: msgspec.Raw}: objects, but not all of the typed record's shape."""
+
+
+_KEEP_ENCODED = {"bbox", "segmentation"}  # decoded in bulk later, like a typed record's
+_ANY = msgspec.json.Decoder()
+
+
+def _raw_column(records: _RawRecords, name: str) -> list:
+    """One field of every record: decoded in one call (Raw kept for bbox and segmentation)."""
+    present = [r.get(name) for r in records]
+    if name in _KEEP_ENCODED:
+        return [_MISSING if v is None else v for v in present]
+    values = _ANY.decode(b"[" + b",".join(b"null" if v is None else v for v in present) + b"]")
+    return [_MISSING if p is None else v for p, v in zip(present, values)]
 
 
 class _EncodedSegmentation(bytes):
@@ -386,6 +407,11 @@ class _Section:
         if typed:
             self.columns = {name: [getattr(r, name) for r in records] for name in fields}
             self.extra: list[dict | None] = [None] * n
+        elif isinstance(records, _RawRecords):
+            self.columns = {name: _raw_column(records, name) for name in fields}
+            known = set(fields)
+            self.extra = [({k: _ANY.decode(v) for k, v in r.items() if k not in known} or None)
+                          if not r.keys() <= known else None for r in records]
         else:
             self.columns = {name: [r.get(name, _MISSING) if type(r) is dict else _MISSING for r in records]
                             for name in fields}
@@ -935,7 +961,7 @@ def _polygons_one_by_one(texts: list[bytes]) -> dict[str, np.ndarray]:
     ok = np.ones(len(texts), dtype=bool)
     for index, text in enumerate(texts):
         try:
-            value = json.loads(text, parse_constant=_non_finite)
+            value = json.loads(bytes(text), parse_constant=_non_finite)
         except ValueError:
             ok[index] = False
             continue

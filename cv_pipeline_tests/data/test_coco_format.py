@@ -130,10 +130,14 @@ def test_bulk_polygon_measurement_matches_one_by_one():
     (None, True),
     ([], True),
 ])
-def test_malformed_segmentations_are_rejected_naming_the_field(tmp_path, segmentation, accepted):
+@pytest.mark.parametrize("extra_fields", [True, False])  # the bulk "raw" and the typed decoding
+def test_malformed_segmentations_are_rejected_naming_the_field(tmp_path, segmentation, accepted, extra_fields):
     document = real_tool_export()
+    if not extra_fields:
+        document["annotations"][1].pop("attributes")
     document["annotations"][0]["segmentation"] = segmentation
     parsed = parse_coco(write(tmp_path, document))
+    assert parsed.decoding["annotations"] == ("raw" if extra_fields else "typed")
     rejected = [r for r in parsed.rejected if r.record_id == "10"]
     if accepted:
         assert rejected == [] and parsed.annotations.num_rows == 5
@@ -209,3 +213,19 @@ def test_taxonomy_conflicts_are_quarantined_not_merged(tmp_path):
     assert "id 2 is 'box' in the batches already ingested" in message and "field 'name'" in message
     assert parse_coco(write(tmp_path, real_tool_export())).rows("categories") != []
     assert apply_taxonomy(parse_coco(write(tmp_path, real_tool_export())), {1: "circle", 2: "square"}) == []
+
+
+def test_records_with_extra_fields_decode_in_bulk_like_the_generic_path(tmp_path):
+    """Exports with fields we don't model (CVAT's `attributes`, ...) take the bulk "raw" path, which must
+    give exactly what the record-by-record generic path gives."""
+    source = real_tool_export()
+    source["annotations"][0]["bbox"] = [1, 2, 10, "8"]  # a bad record among them
+    raw = parse_coco(write(tmp_path, source))
+    assert raw.decoding == {"images": "raw", "annotations": "raw", "categories": "raw"}
+    generic = parse_coco(tmp_path / "given.json", document=json.loads(json.dumps(source)))
+    for section in ("images", "annotations", "categories"):
+        rows = [[{**r, "segmentation": json.loads(r["segmentation"]) if r.get("segmentation") else None}
+                 for r in parsed.rows(section)] for parsed in (raw, generic)]
+        assert rows[0] == rows[1], section
+    assert [(r.reason_code, r.record) for r in raw.rejected] == [(r.reason_code, r.record) for r in generic.rejected]
+    assert json.loads(raw.rejected[0].as_json())["bbox"] == [1, 2, 10, "8"]
