@@ -15,8 +15,10 @@ ones are rejected. Ids are the source's own (unique within one export); tables k
 Speed: the document is decoded with msgspec into typed records, validated column by column,
 and polygon coordinates are parsed in bulk by Arrow's CSV reader, so a COCO train2017-sized
 file (860k annotations) is parsed and validated in a fraction of the time `json.load` alone
-takes. A section whose records carry unknown fields, or are not objects, is decoded generically
-instead (slower, same rules).
+takes. A section whose records carry fields we don't model is decoded as {field: raw JSON} and its
+columns decoded in bulk ("raw", about twice the typed time); one with records that are not
+objects, or a document with NaN/Infinity, is decoded record by record ("generic", slowest). All
+three apply the same rules (tests compare them).
 """
 
 from __future__ import annotations
