@@ -19,7 +19,7 @@ of 640x480-ish, quiet machine, warm JVM):
   +mapInPandas(identity) 0.38 s; coalesce(2)+mapInPandas(identity) 0.13 s; with the inspector
   process_images 0.89 s (ratio ~0.43) vs coalesce(2)+inspector 0.57 s (ratio ~0.69). Two workers
   decoding at once also run ~5-15% slower each than one alone (shared cache/memory bandwidth).
-- before the worker fix in `images._cheap_zip_cache_invalidation_in_spark_worker`, every Python
+- before the worker fix in `spark.cheap_zip_cache_invalidation_in_worker`, every Python
   task also spent ~0.1 s of CPU re-reading pyspark.zip and spark-core's jar (CPython gh-103200).
 So the per-core ratio grows with the batch (the fixed cost is amortised) and with fewer, larger
 tasks (`--partitions 2`); the last 0.8 at 400 images needs the job's fixed cost under ~0.1 s.

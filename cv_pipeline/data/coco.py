@@ -27,7 +27,6 @@ import io
 import itertools
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -53,11 +52,8 @@ class RejectedRecord:
     record: Any  # the source record, as decoded
     reason_code: str
     message: str
-    record_json: str | None = None  # the source record as JSON (set when `record` can't be dumped as is)
 
     def as_json(self) -> str:
-        if self.record_json is not None:
-            return self.record_json
         return json.dumps(self.record, default=str)
 
 
@@ -74,7 +70,7 @@ class ParsedCOCO:
     rejected: list[RejectedRecord] = field(default_factory=list)
     counts_read: dict[str, int] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # top-level keys other than info/licenses/sections
-    decoding: dict[str, str] = field(default_factory=dict)  # section -> "typed" | "generic"
+    decoding: dict[str, str] = field(default_factory=dict)  # section -> "typed" | "raw" | "generic"
     _records: dict = field(default_factory=dict, repr=False)
 
     def rows(self, section: str) -> list[dict]:
@@ -82,8 +78,8 @@ class ParsedCOCO:
 
     def source_record(self, section: str, index: int) -> Any:
         """The record at `index` of a section as it was decoded (for quarantining it later)."""
-        if section not in self._records:  # released: decode the file again (rare: late rejects only)
-            self._records = {k: v for k, v in zip(REQUIRED_TOP_LEVEL, _decode_sections(Path(self.source_file)))}
+        if section not in self._records:
+            raise RuntimeError("the source records were released: reject rows before release_sources()")
         return _plain(self._records[section][index])
 
     def release_sources(self) -> None:
@@ -99,19 +95,12 @@ class ParsedCOCO:
         if not len(rows):
             return
         codes = [reason_codes] * len(rows) if isinstance(reason_codes, str) else reason_codes
-        id_column = {"images": "image_id", "annotations": "annotation_id", "categories": "category_id"}[section]
-        ids = table.column(id_column).to_numpy()
+        ids = table.column(ID_COLUMN[section]).to_numpy()
         indexes = table.column("source_index").to_numpy()
         for row, code, message in zip(rows, codes, messages):
             self.rejected.append(RejectedRecord(_RECORD_TYPE[section], str(ids[row]),
                                                 self.source_record(section, int(indexes[row])), code, message))
         setattr(self, section, table.filter(pa.array(~mask)))
-
-    def reject(self, record_type: str, record: Any, reason_code: str, message: str) -> None:
-        record_id = record.get("id") if isinstance(record, dict) else None
-        self.rejected.append(
-            RejectedRecord(record_type, None if record_id is None else str(record_id), record, reason_code, message)
-        )
 
 
 # --------------------------------------------------------------------------- schemas
@@ -177,6 +166,7 @@ ANNOTATION_FIELDS = tuple(_Annotation.__struct_fields__)
 CATEGORY_FIELDS = tuple(_Category.__struct_fields__)
 _FIELDS = {"images": IMAGE_FIELDS, "annotations": ANNOTATION_FIELDS, "categories": CATEGORY_FIELDS}
 _RECORD_TYPE = {"images": "image", "annotations": "annotation", "categories": "category"}
+ID_COLUMN = {"images": "image_id", "annotations": "annotation_id", "categories": "category_id"}
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -206,15 +196,6 @@ def _is_safe_name(name: Any) -> bool:
     return ".." not in parts and "" not in parts
 
 
-_BYTE_POSITION = re.compile(r"\(byte (\d+)\)")
-
-
-def _position(raw: bytes, offset: int) -> str:
-    line = raw.count(b"\n", 0, offset) + 1
-    column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
-    return f"line {line} column {column} (char {offset})"
-
-
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -240,13 +221,14 @@ def _decode_top_level(raw: bytes, path: Path) -> dict[str, Any]:
         if document is not None:
             raise COCOFormatError(f"{path}: top level must be a JSON object, got {_json_type(document)}") from None
         return _decode_with_json(raw, path)
-    except msgspec.DecodeError as exc:
-        # NaN/Infinity are not JSON; the standard library reads them so the record can be named
-        return _decode_with_json(raw, path, exc)
+    except msgspec.DecodeError:
+        # Invalid JSON gets line and column from the standard library; NaN/Infinity (not JSON) are
+        # read by it too, so the record holding one can be named and quarantined.
+        return _decode_with_json(raw, path)
     return document
 
 
-def _decode_with_json(raw: bytes, path: Path, cause: Exception | None = None) -> dict[str, Any]:
+def _decode_with_json(raw: bytes, path: Path) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -267,12 +249,6 @@ def _decode_with_json(raw: bytes, path: Path, cause: Exception | None = None) ->
 def _json_type(value: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number")
-
-
-def load_coco_json(path: str | Path) -> dict:
-    """Read a COCO document as plain Python; invalid JSON raises COCOFormatError naming file and position."""
-    path = Path(path)
-    return _decode_with_json(_read_bytes(path), path)
 
 
 # --------------------------------------------------------------------------- parse
@@ -309,28 +285,22 @@ def parse_coco(path: str | Path, document: dict | None = None) -> ParsedCOCO:
         decoding=decoding,
         _records=sections,
     )
-    category_ids, rejected_categories = _parse_categories(parsed, sections["categories"], source)
-    image_ids, rejected_images = _parse_images(parsed, sections["images"], source)
-    _parse_annotations(parsed, sections["annotations"], source, image_ids, rejected_images,
-                       category_ids, rejected_categories)
+    def section(key: str) -> _Section:
+        return _Section(sections[key], key, source, decoding[key])
+
+    category_ids, rejected_categories = _parse_categories(parsed, section("categories"))
+    image_ids, rejected_images = _parse_images(parsed, section("images"))
+    _parse_annotations(parsed, section("annotations"), image_ids, rejected_images, category_ids, rejected_categories)
     return parsed
 
 
-def _decode_sections(path: Path) -> list[list]:
-    top = _decode_top_level(_read_bytes(path), path)
-    return [_decode_section(top[key], key, path)[0] for key in REQUIRED_TOP_LEVEL]
-
-
 def _value(raw: Any) -> Any:
-    if raw is _MISSING:
-        return None
-    if isinstance(raw, msgspec.Raw):
-        return json.loads(bytes(raw), parse_constant=_non_finite)
-    return raw
+    return None if raw is _MISSING else _plain_value(raw)
 
 
 def _decode_section(raw: Any, key: str, path: Path) -> tuple[list, str]:
-    """Records of one section: typed structs when every record fits, else generic Python objects."""
+    """Records of one section and how they were decoded: "typed" structs when every record fits,
+    "raw" {field: raw JSON} when all are objects, else "generic" Python objects."""
     if not isinstance(raw, msgspec.Raw):  # from the standard library fallback, or a given document
         if not isinstance(raw, list):
             raise COCOFormatError(f"{path}: top-level key '{key}' must be a list, got {_json_type(raw)}")
@@ -340,7 +310,7 @@ def _decode_section(raw: Any, key: str, path: Path) -> tuple[list, str]:
     except msgspec.ValidationError:
         pass
     try:  # every record an object, some with fields we don't model: columns are decoded in bulk
-        return _RawRecords(msgspec.json.decode(raw, type=list[dict[str, msgspec.Raw]])), "raw"
+        return msgspec.json.decode(raw, type=list[dict[str, msgspec.Raw]]), "raw"
     except msgspec.ValidationError:
         value = msgspec.json.decode(raw)
         if not isinstance(value, list):
@@ -348,15 +318,11 @@ def _decode_section(raw: Any, key: str, path: Path) -> tuple[list, str]:
         return [_with_encoded_segmentation(r) if key == "annotations" else r for r in value], "generic"
 
 
-class _RawRecords(list):
-    """A section's records as {field: msgspec.Raw}: objects, but not all of the typed record's shape."""
-
-
 _KEEP_ENCODED = {"bbox", "segmentation"}  # decoded in bulk later, like a typed record's
 _ANY = msgspec.json.Decoder()
 
 
-def _raw_column(records: _RawRecords, name: str) -> list:
+def _raw_column(records: list[dict], name: str) -> list:
     """One field of every record: decoded in one call (Raw kept for bbox and segmentation)."""
     present = [r.get(name) for r in records]
     if name in _KEEP_ENCODED:
@@ -372,13 +338,12 @@ class _EncodedSegmentation(bytes):
 def _with_encoded_segmentation(record: Any) -> Any:
     if isinstance(record, dict) and "segmentation" in record:
         segmentation = record["segmentation"]
-        try:
-            encoded = _EncodedSegmentation(_ENCODER.encode(segmentation))
+        try:  # msgspec writes NaN as null: the standard library keeps it NaN (rejected later)
+            text = json.dumps(segmentation).encode() if _contains_non_finite(segmentation) \
+                else _ENCODER.encode(segmentation)
         except (TypeError, ValueError, OverflowError):
-            encoded = _EncodedSegmentation(json.dumps(segmentation).encode())
-        if _contains_non_finite(segmentation):
-            encoded = _EncodedSegmentation(json.dumps(segmentation).encode())  # NaN stays NaN: rejected later
-        return {**record, "segmentation": encoded}
+            text = json.dumps(segmentation).encode()
+        return {**record, "segmentation": _EncodedSegmentation(text)}
     return record
 
 
@@ -398,18 +363,17 @@ def _contains_non_finite(value: Any) -> bool:
 class _Section:
     """One section's records as columns of Python values, with the verdict so far per record."""
 
-    def __init__(self, records: list, key: str, source: str):
+    def __init__(self, records: list, key: str, source: str, decoding: str):
         self.records, self.key, self.source = records, key, source
         self.record_type = _RECORD_TYPE[key]
         n = len(records)
         self.ok = np.ones(n, dtype=bool)
         self.problems: dict[int, tuple[str, str]] = {}
         fields = _FIELDS[key]
-        typed = n > 0 and all(isinstance(r, msgspec.Struct) for r in records)
-        if typed:
+        if decoding == "typed":
             self.columns = {name: [getattr(r, name) for r in records] for name in fields}
             self.extra: list[dict | None] = [None] * n
-        elif isinstance(records, _RawRecords):
+        elif decoding == "raw":
             self.columns = {name: _raw_column(records, name) for name in fields}
             known = set(fields)
             self.extra = [({k: _ANY.decode(v) for k, v in r.items() if k not in known} or None)
@@ -448,14 +412,29 @@ class _Section:
                 self.extra[index] = {**(self.extra[index] or {}), name: _plain_value(values[index])}
                 values[index] = _MISSING
 
-    def reject_into(self, parsed: ParsedCOCO) -> None:
+    def fail_references(self, ids: np.ndarray, kind: str, refs: np.ndarray, known_ids: np.ndarray,
+                        rejected_ids: np.ndarray) -> None:
+        """Reject records whose `<kind>_id` names a rejected record (`<kind>_rejected`) or none at all
+        (`unknown_<kind>`)."""
+        known = np.isin(refs, known_ids)
+        for index in np.flatnonzero(self.ok & np.isin(refs, rejected_ids) & ~known):
+            self.fail(int(index), f"{kind}_rejected", f"{self.source}: {self.key}[{index}] (id={ids[index]}) "
+                                                      f"field '{kind}_id': {kind} {refs[index]} was rejected")
+        self.fail_field(~known, f"{kind}_id", f"the id of an {kind} in this file" if kind == "image"
+                        else f"the id of a {kind} in this file", code=f"unknown_{kind}")
+
+    def reject_into(self, parsed: ParsedCOCO, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Move the failed records to `parsed.rejected`; returns the accepted ids and the (valid) ids
+        of the rejected records, for the references of later sections."""
         for index in sorted(self.problems):
             code, message = self.problems[index]
-            record = _plain(self.records[index])
             record_id = self.columns["id"][index]
             parsed.rejected.append(RejectedRecord(
-                self.record_type, None if record_id is _MISSING else str(_plain_value(record_id)), record, code, message,
+                self.record_type, None if record_id is _MISSING else str(_plain_value(record_id)),
+                _plain(self.records[index]), code, message,
             ))
+        rejected = np.array(sorted({int(ids[i]) for i in self.problems if ids[i] >= 0}), dtype=np.int64)
+        return ids[self.accepted()], rejected
 
     def accepted(self) -> np.ndarray:
         return np.flatnonzero(self.ok)
@@ -524,19 +503,19 @@ def _ids(values: list, ok: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- categories
 
 
-def _parse_categories(parsed: ParsedCOCO, records: list, source: str) -> tuple[np.ndarray, np.ndarray]:
-    section = _Section(records, "categories", source)
+def _parse_categories(parsed: ParsedCOCO, section: _Section) -> tuple[np.ndarray, np.ndarray]:
     c = section.columns
+    n = len(section.records)
     id_ok = _is_id(c["id"])
     section.fail_field(~id_ok, "id", "a non-negative integer")
-    section.fail_field(~np.fromiter((type(v) is str and bool(v.strip()) for v in c["name"]), bool, len(records)),
+    section.fail_field(~np.fromiter((type(v) is str and bool(v.strip()) for v in c["name"]), bool, n),
                        "name", "a non-empty string")
     section.keep_as_extra("supercategory", _is_str(c["supercategory"]))
     section.keep_as_extra("keypoints", _optional(c["keypoints"], np.fromiter(
-        (type(v) is list and all(type(k) is str for k in v) for v in c["keypoints"]), bool, len(records))))
+        (type(v) is list and all(type(k) is str for k in v) for v in c["keypoints"]), bool, n)))
     section.keep_as_extra("skeleton", _optional(c["skeleton"], np.fromiter(
         (type(v) is list and all(type(e) is list and len(e) == 2 and all(type(k) is int for k in e) for e in v)
-         for v in c["skeleton"]), bool, len(records))))
+         for v in c["skeleton"]), bool, n)))
     ids = _ids(c["id"], id_ok)
     _mark_duplicates(section, ids)
     rows = section.accepted()
@@ -549,9 +528,7 @@ def _parse_categories(parsed: ParsedCOCO, records: list, source: str) -> tuple[n
         "extra_json": pa.array(section.extra_json(rows), pa.string()),
         "source_index": pa.array(rows, pa.int64()),
     }, schema=CATEGORY_COLUMNS)
-    section.reject_into(parsed)
-    rejected = np.array(sorted({int(ids[i]) for i in section.problems if ids[i] >= 0}), dtype=np.int64)
-    return ids[rows], rejected
+    return section.reject_into(parsed, ids)
 
 
 def _json_column(values: list, rows: np.ndarray) -> pa.Array:
@@ -561,10 +538,9 @@ def _json_column(values: list, rows: np.ndarray) -> pa.Array:
 # --------------------------------------------------------------------------- images
 
 
-def _parse_images(parsed: ParsedCOCO, records: list, source: str) -> tuple[np.ndarray, np.ndarray]:
-    section = _Section(records, "images", source)
+def _parse_images(parsed: ParsedCOCO, section: _Section) -> tuple[np.ndarray, np.ndarray]:
     c = section.columns
-    n = len(records)
+    n = len(section.records)
     id_ok = _is_id(c["id"])
     section.fail_field(~id_ok, "id", "a non-negative integer")
     section.fail_field(~_is_str(c["file_name"], allow_missing=False), "file_name", "a string")
@@ -590,20 +566,17 @@ def _parse_images(parsed: ParsedCOCO, records: list, source: str) -> tuple[np.nd
         "extra_json": pa.array(section.extra_json(rows), pa.string()),
         "source_index": pa.array(rows, pa.int64()),
     }, schema=IMAGE_COLUMNS)
-    section.reject_into(parsed)
-    rejected = np.array(sorted({int(ids[i]) for i in section.problems if ids[i] >= 0}), dtype=np.int64)
-    return ids[rows], rejected
+    return section.reject_into(parsed, ids)
 
 
 # --------------------------------------------------------------------------- annotations
 
 
-def _parse_annotations(parsed: ParsedCOCO, records: list, source: str, image_ids: np.ndarray,
+def _parse_annotations(parsed: ParsedCOCO, section: _Section, image_ids: np.ndarray,
                        rejected_images: np.ndarray, category_ids: np.ndarray,
                        rejected_categories: np.ndarray) -> None:
-    section = _Section(records, "annotations", source)
     c = section.columns
-    n = len(records)
+    n = len(section.records)
     segmentations = _Segmentations(c["segmentation"])  # measured on a worker thread meanwhile
     section.fail_field(~_is_id(c["id"]), "id", "a non-negative integer")
     section.fail_field(~_is_int_in(c["image_id"], -INT64_MAX, INT64_MAX), "image_id", "an integer")
@@ -623,18 +596,8 @@ def _parse_annotations(parsed: ParsedCOCO, records: list, source: str, image_ids
     ids = _ids(c["id"], section.ok)
     image_ref = _ids(c["image_id"], section.ok)
     category_ref = _ids(c["category_id"], section.ok)
-    image_known = np.isin(image_ref, image_ids)
-    category_known = np.isin(category_ref, category_ids)
-    image_was_rejected = np.isin(image_ref, rejected_images) & ~image_known
-    for index in np.flatnonzero(section.ok & image_was_rejected):
-        section.fail(int(index), "image_rejected", f"{source}: annotations[{index}] (id={ids[index]}) field "
-                                                   f"'image_id': image {image_ref[index]} was rejected")
-    section.fail_field(~image_known, "image_id", "the id of an image in this file", code="unknown_image")
-    category_was_rejected = np.isin(category_ref, rejected_categories) & ~category_known
-    for index in np.flatnonzero(section.ok & category_was_rejected):
-        section.fail(int(index), "category_rejected", f"{source}: annotations[{index}] (id={ids[index]}) field "
-                                                      f"'category_id': category {category_ref[index]} was rejected")
-    section.fail_field(~category_known, "category_id", "the id of a category in this file", code="unknown_category")
+    section.fail_references(ids, "image", image_ref, image_ids, rejected_images)
+    section.fail_references(ids, "category", category_ref, category_ids, rejected_categories)
     _mark_duplicates(section, ids)
 
     rows = section.accepted()
@@ -660,7 +623,7 @@ def _parse_annotations(parsed: ParsedCOCO, records: list, source: str, image_ids
         "extra_json": pa.array(section.extra_json(rows), pa.string()),
         "source_index": pa.array(rows, pa.int64()),
     }, schema=ANNOTATION_COLUMNS)
-    section.reject_into(parsed)
+    section.reject_into(parsed, ids)
 
 
 def _json_text_column(values: list, rows: np.ndarray) -> pa.Array:
@@ -688,13 +651,14 @@ def _masked(values: np.ndarray, type_: pa.DataType) -> pa.Array:
 
 
 _BBOXES = msgspec.json.Decoder(list[tuple[float, float, float, float] | None])
+_NAN4 = (math.nan,) * 4
 
 
 def _bbox_array(values: list) -> np.ndarray:
     """n x 4 float array; a row of NaN where the value is not a list of 4 finite numbers.
 
-    Typed records hold each bbox still encoded: all are decoded by one strict msgspec call (numbers
-    only, no booleans or strings); if any is not 4 numbers, the values are decoded and judged one by one.
+    Still-encoded boxes (typed and raw decoding) are all decoded by one strict msgspec call (numbers
+    only, no booleans or strings); if any is not 4 numbers, every box is judged one by one.
     """
     if values and all(type(v) is msgspec.Raw or v is _MISSING for v in values):
         try:
@@ -702,32 +666,22 @@ def _bbox_array(values: list) -> np.ndarray:
         except (msgspec.ValidationError, msgspec.DecodeError):
             values = [v if v is _MISSING else msgspec.json.decode(v) for v in values]
         else:
-            nan4 = (math.nan,) * 4
-            out = np.fromiter(itertools.chain.from_iterable(nan4 if b is None else b for b in boxes), np.float64,
+            out = np.fromiter(itertools.chain.from_iterable(_NAN4 if b is None else b for b in boxes), np.float64,
                               4 * len(boxes)).reshape(-1, 4)
             out[~np.isfinite(out).all(axis=1)] = np.nan
             return out
-    n = len(values)
-    out = np.full((n, 4), np.nan)
-    good = np.fromiter((type(v) is list and len(v) == 4 for v in values), bool, n)
-    rows = np.flatnonzero(good)
-    if len(rows):
-        try:
-            boxes = np.array([values[i] for i in rows], dtype=np.float64)
-            numeric = np.fromiter(
-                (all(type(x) is float or type(x) is int for x in values[i]) for i in rows), bool, len(rows))
-            boxes[~numeric] = np.nan
-        except (TypeError, ValueError, OverflowError):
-            boxes = np.array([_bbox_row(values[i]) for i in rows], dtype=np.float64)
-        boxes[~np.isfinite(boxes).all(axis=1)] = np.nan
-        out[rows] = boxes
-    return out
+    return np.array([_bbox_row(v) for v in values], dtype=np.float64).reshape(-1, 4)
 
 
-def _bbox_row(value: list) -> list[float]:
-    if all((type(x) is float or type(x) is int) and abs(x) < 1e308 for x in value):
-        return [float(x) for x in value]
-    return [math.nan] * 4
+def _bbox_row(value: Any) -> tuple:
+    """[x, y, w, h] as floats, or NaNs unless it is a list of 4 finite numbers (booleans excluded)."""
+    if not (type(value) is list and len(value) == 4 and all(type(x) is float or type(x) is int for x in value)):
+        return _NAN4
+    try:
+        row = tuple(float(x) for x in value)
+    except OverflowError:  # an integer beyond float range
+        return _NAN4
+    return row if all(math.isfinite(x) for x in row) else _NAN4
 
 
 # --------------------------------------------------------------------------- segmentation

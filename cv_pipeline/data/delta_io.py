@@ -32,40 +32,32 @@ def replace_batch(df, path: str | Path, batch_id: str) -> int:
     table on first write); returns the new table version. Other batches' rows are untouched.
     `df` is a Spark DataFrame or a pyarrow Table."""
     validate_batch_id(batch_id)
-    path = str(path)
-    if _is_arrow(df):
-        from deltalake import write_deltalake
-
-        if is_delta_table(path):
-            write_deltalake(path, df, mode="overwrite", predicate=f"batch_id = '{batch_id}'", schema_mode="merge")
-        else:
-            write_deltalake(path, df, mode="overwrite", partition_by=["batch_id"])
-        return table_version(path)
-    # mergeSchema: a table written by an older release gains the new columns instead of failing
-    writer = df.write.format("delta").mode("overwrite").option("mergeSchema", "true")
-    if is_delta_table(path):
-        writer = writer.option("replaceWhere", f"batch_id = '{batch_id}'")
-    else:
-        writer = writer.partitionBy("batch_id")
-    writer.save(path)
-    return table_version(path)
+    return _write(df, str(path), "overwrite", f"batch_id = '{batch_id}'")
 
 
 def append_rows(df, path: str | Path) -> int:
     """Append rows (Spark DataFrame or pyarrow Table) to a table partitioned by `batch_id`."""
-    path = str(path)
+    return _write(df, str(path), "append", None)
+
+
+def _write(df, path: str, mode: str, predicate: str | None) -> int:
+    """One commit with delta-rs (Arrow) or delta-spark (DataFrame); a new table is partitioned by
+    batch_id, an existing one gains new columns (schema merge) instead of failing."""
+    exists = is_delta_table(path)
     if _is_arrow(df):
         from deltalake import write_deltalake
 
-        if is_delta_table(path):
-            write_deltalake(path, df, mode="append", schema_mode="merge")
+        if exists:
+            write_deltalake(path, df, mode=mode, predicate=predicate, schema_mode="merge")
         else:
-            write_deltalake(path, df, mode="append", partition_by=["batch_id"])
-        return table_version(path)
-    writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
-    if not is_delta_table(path):
-        writer = writer.partitionBy("batch_id")
-    writer.save(path)
+            write_deltalake(path, df, mode=mode, partition_by=["batch_id"])
+    else:
+        writer = df.write.format("delta").mode(mode).option("mergeSchema", "true")
+        if not exists:
+            writer = writer.partitionBy("batch_id")
+        elif predicate:
+            writer = writer.option("replaceWhere", predicate)
+        writer.save(path)
     return table_version(path)
 
 

@@ -11,7 +11,6 @@ the tables; they are in `coco_quarantine` with their source JSON.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -96,10 +95,3 @@ def read_batch_document(table_path, batch_id: str, versions: dict[str, int] | No
         raise KeyError(f"batch {batch_id!r} is not in coco_batches")
     return document_from_tables(tables["coco_images"], tables["coco_annotations"], tables["coco_categories"],
                                 batches[0])
-
-
-def write_batch_document(table_path, batch_id: str, out: str | Path) -> Path:
-    """Write one ingested batch as a COCO JSON file."""
-    out = Path(out)
-    out.write_text(json.dumps(read_batch_document(table_path, batch_id)))
-    return out

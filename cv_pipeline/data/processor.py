@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cv_pipeline.data.coco import ParsedCOCO, parse_coco
+from cv_pipeline.data.coco import ParsedCOCO, RejectedRecord, parse_coco
 from cv_pipeline.data.delta_io import validate_batch_id
 from cv_pipeline.data.images import image_check_columns, inspect_image_partitions_fn
 
@@ -36,10 +36,6 @@ ANNOTATIONS_FILE = "annotations.json"
 IMAGES_DIR = "images"
 SUCCESS_MARKER = "_SUCCESS"
 
-QUARANTINE_SCHEMA = (
-    "batch_id string, source_file string, record_type string, record_id string, record_json string, "
-    "reason_code string, message string, quarantined_at timestamp"
-)
 BATCHES_COLUMNS = pa.schema([(name, pa.string()) for name in (
     "batch_id", "source_file", "info_json", "licenses_json", "extra_json", "records_read", "accepted",
     "quarantined", "quarantined_by_reason", "decoding")] + [("ingested_at", pa.timestamp("us", tz="UTC"))])
@@ -54,17 +50,16 @@ def _inspect_output_schema(include_bytes: bool) -> str:
     return _INSPECT_INPUT_SCHEMA + ", " + ", ".join(f"{k} {v}" for k, v in columns.items())
 
 
-_FILE_FACTS = {  # image table column <- inspection column, Arrow type
-    "file_path": ("file_path", pa.string()),
-    "actual_width": ("actual_width", pa.int32()),
-    "actual_height": ("actual_height", pa.int32()),
-    "channels": ("channels", pa.int32()),
-    "byte_size": ("byte_size", pa.int64()),
-    "image_format": ("image_format", pa.string()),
-    "color_mode": ("color_mode", pa.string()),
-    "sha256": ("sha256", pa.string()),
+_FILE_FACTS = {  # inspection columns kept in coco_images, with their Arrow types
+    "file_path": pa.string(),
+    "actual_width": pa.int32(),
+    "actual_height": pa.int32(),
+    "channels": pa.int32(),
+    "byte_size": pa.int64(),
+    "image_format": pa.string(),
+    "color_mode": pa.string(),
+    "sha256": pa.string(),
 }
-_ID_COLUMN = {"images": "image_id", "annotations": "annotation_id", "categories": "category_id"}
 
 
 @dataclass
@@ -106,18 +101,10 @@ def _spark_schema(schema: pa.Schema):
     return from_arrow_schema(schema)
 
 
-def batch_record(batch_id: str, source_file: str, message: str, reason_code: str = "batch_unreadable") -> dict:
-    """A quarantine row for a batch that could not be read at all."""
-    return {
-        "batch_id": batch_id,
-        "source_file": source_file,
-        "record_type": "batch",
-        "record_id": batch_id,
-        "record_json": json.dumps({"batch_id": batch_id}),
-        "reason_code": reason_code,
-        "message": message,
-        "quarantined_at": datetime.now(timezone.utc),
-    }
+def batch_record(batch_id: str, source_file: str, message: str, reason_code: str = "batch_unreadable") -> pa.Table:
+    """The quarantine row for a batch that could not be read at all."""
+    rejected = RejectedRecord("batch", batch_id, {"batch_id": batch_id}, reason_code, message)
+    return quarantine_table(batch_id, source_file, [rejected], _now())
 
 
 class COCOProcessor:
@@ -156,9 +143,9 @@ class COCOProcessor:
         # files over the cores (Spark's fixed cost per job is what bounds small batches).
         table = pa.table({"image_id": pa.array(ids, pa.int64()), "file_path": pa.array(paths, pa.string())})
         slices = max(1, min(len(paths), self.image_partitions or task_slots(self.spark)))
-        step = -(-len(paths) // slices) if paths else 1
-        batches = [b for i in range(slices) for b in table.slice(i * step, step).to_batches()] or table.to_batches()
-        frame = self.spark.createDataFrame(pa.Table.from_batches(batches, table.schema) if batches else table)
+        step = max(1, -(-len(paths) // slices))
+        table = pa.concat_tables([table.slice(i * step, step) for i in range(slices)])  # one chunk a slice
+        frame = self.spark.createDataFrame(table)
         frame = frame.coalesce(slices)  # Spark spreads the batches over defaultParallelism slices, some empty
         return frame.mapInPandas(inspect_image_partitions_fn(include_bytes), _inspect_output_schema(include_bytes))
 
@@ -185,7 +172,7 @@ class COCOProcessor:
         images = _with_keys(images, batch_id, "image", now)
         annotations = _with_keys(parsed.annotations, batch_id, "annotation", now)
         categories = _with_keys(parsed.categories, batch_id, "category", now)
-        quarantine = quarantine_table(batch_id, parsed, now)
+        quarantine = quarantine_table(batch_id, parsed.source_file, parsed.rejected, now)
         counts = _counts(parsed)
         batch = pa.Table.from_pylist([batch_row(batch_id, parsed, counts, now)], schema=BATCHES_COLUMNS)
         return BatchIngestion(
@@ -197,12 +184,6 @@ class COCOProcessor:
             parsed=parsed,
             spark=self.spark,
         )
-
-    def quarantine_frame(self, rows: list[dict]):
-        from pyspark.sql.types import _parse_datatype_string
-
-        struct = _parse_datatype_string(QUARANTINE_SCHEMA)
-        return self.spark.createDataFrame([tuple(row.get(f.name) for f in struct.fields) for row in rows], struct)
 
     def _inspect_and_reject(self, parsed: ParsedCOCO, images_dir: Path) -> pa.Table:
         """Inspect every accepted image's file; reject those missing, undecodable or of another size
@@ -223,16 +204,11 @@ class COCOProcessor:
             parsed.reject_rows("images", bad, [problems[i][0] for i in rows], [
                 f"{parsed.source_file}: image id={ids[i]} field 'file_name' ({names[i]}): {problems[i][1]}"
                 for i in rows])
-            refs = parsed.annotations.column("image_id").to_numpy()
-            mask = np.isin(refs, ids[bad])
-            annotation_ids = parsed.annotations.column("annotation_id").to_numpy()[mask]
-            parsed.reject_rows("annotations", mask, "image_rejected", [
-                f"{parsed.source_file}: annotation id={a} field 'image_id': image {i} was rejected"
-                for a, i in zip(annotation_ids, refs[mask])])
+            _reject_annotations_of(parsed, "image", ids[bad], "was rejected")
             facts = facts[~bad]
         images = parsed.images
-        for name, (source, type_) in _FILE_FACTS.items():
-            values = facts[source].tolist()
+        for name, type_ in _FILE_FACTS.items():
+            values = facts[name].tolist()
             images = images.append_column(name, pa.array([None if v != v else v for v in values], type_))
         if self.store_image_bytes:
             images = images.append_column("image_bytes", pa.array(facts["image_bytes"].tolist(), pa.binary()))
@@ -244,7 +220,7 @@ def _now() -> datetime:
 
 
 def _append_null_facts(images: pa.Table, include_bytes: bool = False) -> pa.Table:
-    for name, (_, type_) in _FILE_FACTS.items():
+    for name, type_ in _FILE_FACTS.items():
         images = images.append_column(name, pa.nulls(images.num_rows, type_))
     if include_bytes:
         images = images.append_column("image_bytes", pa.nulls(images.num_rows, pa.binary()))
@@ -298,27 +274,27 @@ def apply_taxonomy(parsed: ParsedCOCO, taxonomy: Mapping[int, str]) -> list[int]
         return []
     rejected = [i for i, bad in zip(ids, conflict) if bad]
     parsed.reject_rows("categories", conflict, "taxonomy_conflict", messages)
-    refs = parsed.annotations.column("category_id").to_numpy()
-    mask = np.isin(refs, rejected)
-    annotation_ids = parsed.annotations.column("annotation_id").to_numpy()[mask]
-    parsed.reject_rows("annotations", mask, "category_rejected", [
-        f"{parsed.source_file}: annotation id={a} field 'category_id': category {c} was quarantined "
-        f"(taxonomy conflict)" for a, c in zip(annotation_ids, refs[mask])])
+    _reject_annotations_of(parsed, "category", rejected, "was quarantined (taxonomy conflict)")
     return rejected
 
 
-def quarantine_table(batch_id: str, parsed: ParsedCOCO, now: datetime) -> pa.Table:
-    rejected = parsed.rejected
-    return pa.Table.from_pydict({
-        "batch_id": pa.array([batch_id] * len(rejected), pa.string()),
-        "source_file": pa.array([parsed.source_file] * len(rejected), pa.string()),
-        "record_type": pa.array([r.record_type for r in rejected], pa.string()),
-        "record_id": pa.array([r.record_id for r in rejected], pa.string()),
-        "record_json": pa.array([r.as_json() for r in rejected], pa.string()),
-        "reason_code": pa.array([r.reason_code for r in rejected], pa.string()),
-        "message": pa.array([r.message for r in rejected], pa.string()),
-        "quarantined_at": pa.array([now] * len(rejected), pa.timestamp("us", tz="UTC")),
-    }, schema=QUARANTINE_COLUMNS)
+def _reject_annotations_of(parsed: ParsedCOCO, kind: str, rejected_ids, why: str) -> None:
+    """Quarantine the accepted annotations whose `<kind>_id` is one of `rejected_ids` (`<kind>_rejected`)."""
+    refs = parsed.annotations.column(f"{kind}_id").to_numpy()
+    mask = np.isin(refs, rejected_ids)
+    annotation_ids = parsed.annotations.column("annotation_id").to_numpy()[mask]
+    parsed.reject_rows("annotations", mask, f"{kind}_rejected", [
+        f"{parsed.source_file}: annotation id={a} field '{kind}_id': {kind} {i} {why}"
+        for a, i in zip(annotation_ids, refs[mask])])
+
+
+def quarantine_table(batch_id: str, source_file: str, rejected: list[RejectedRecord], now: datetime) -> pa.Table:
+    """`coco_quarantine` rows: each rejected record with its source JSON, reason code and message."""
+    return pa.Table.from_pylist([
+        {"batch_id": batch_id, "source_file": source_file, "record_type": r.record_type, "record_id": r.record_id,
+         "record_json": r.as_json(), "reason_code": r.reason_code, "message": r.message, "quarantined_at": now}
+        for r in rejected
+    ], schema=QUARANTINE_COLUMNS)
 
 
 def batch_row(batch_id: str, parsed: ParsedCOCO, counts: dict, now: datetime) -> dict:

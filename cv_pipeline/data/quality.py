@@ -218,16 +218,9 @@ TRAINING_CHECK_DEFINITIONS: tuple[QualityCheckDefinition, ...] = (
     ),
 )
 
-# One row per check and batch, appended to the `coco_quality_metrics` Delta table on each ingestion.
-QUALITY_METRICS_SCHEMA = (
-    "batch_id string, check_name string, table_name string, severity string, passed boolean, "
-    "element_count long, unexpected_count long, unexpected_fraction double, evaluated_at timestamp, "
-    "run_id string"
-)
-
-
 def quality_metrics_table(rows: list[dict]):
-    """`quality_metrics_rows` as a pyarrow Table typed like QUALITY_METRICS_SCHEMA."""
+    """`quality_metrics_rows` as a pyarrow Table: the rows appended to the `coco_quality_metrics` Delta
+    table on each ingestion, one per check and batch."""
     import pyarrow as pa
 
     schema = pa.schema([
@@ -284,7 +277,7 @@ def quality_metrics_rows(
     run_id: str | None = None,
     evaluated_at: datetime | None = None,
 ) -> list[dict]:
-    """One row per result for the `coco_quality_metrics` table, keyed and typed as `QUALITY_METRICS_SCHEMA`.
+    """One row per result for the `coco_quality_metrics` table (typed by `quality_metrics_table`).
 
     `unexpected_fraction` is unexpected_count / element_count (violations per evaluated element; a row
     breaking two rules counts twice), null when nothing was evaluated. `evaluated_at` defaults to now
@@ -403,11 +396,9 @@ def run_split_leakage_check(frame) -> QualityCheckResult:
     if isinstance(frame, pd.DataFrame):
         manifest = frame[[c for c in needed if c in frame.columns]]
     else:
-        try:
-            import pyarrow as pa
-        except ImportError:  # pragma: no cover - pyarrow ships with the project
-            pa = None
-        if pa is None or not isinstance(frame, pa.Table):
+        import pyarrow as pa
+
+        if not isinstance(frame, pa.Table):
             raise TypeError(
                 "run_split_leakage_check: frame must be a pandas DataFrame or a pyarrow Table, "
                 f"got {type(frame).__name__}"

@@ -58,12 +58,11 @@ def existing_taxonomy(categories_path: str, batch_id: str) -> dict[int, str]:
 def coco_tables(context: dg.AssetExecutionContext, spark: PySparkResource, lake: LakeResource,
                 landing: LandingZoneResource, ingestion: IngestionPolicy):
     """Parse, validate and write one batch; replaces that batch's rows, so re-runs are idempotent."""
-    import pyarrow as pa
     from pyspark.sql import functions as F
 
     from cv_pipeline.data.coco import COCOFormatError
     from cv_pipeline.data.delta_io import append_rows
-    from cv_pipeline.data.processor import QUARANTINE_COLUMNS, COCOProcessor, batch_record
+    from cv_pipeline.data.processor import COCOProcessor, batch_record
     from cv_pipeline.data.quality import quality_metrics_rows, quality_metrics_table, run_quality_suites
 
     batch_id = context.partition_key
@@ -75,8 +74,8 @@ def coco_tables(context: dg.AssetExecutionContext, spark: PySparkResource, lake:
         batch = processor.ingest_batch(batch_dir, batch_id, taxonomy=taxonomy)
     except COCOFormatError as exc:
         # Keep a record of the unreadable batch; the other tables stay at their previous version.
-        row = batch_record(batch_id, str(batch_dir / "annotations.json"), str(exc))
-        append_rows(pa.Table.from_pylist([row], schema=QUARANTINE_COLUMNS), lake.table_path("coco_quarantine"))
+        append_rows(batch_record(batch_id, str(batch_dir / "annotations.json"), str(exc)),
+                    lake.table_path("coco_quarantine"))
         raise dg.Failure(description=f"Batch {batch_id} could not be ingested: {exc}",
                          metadata={"batch_id": batch_id, "error": str(exc)}) from exc
 
