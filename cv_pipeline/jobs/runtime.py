@@ -1,0 +1,223 @@
+"""What every job script in `cv_pipeline/jobs/` uses to find out where it runs, get Ray, and talk Pipes.
+
+The same script runs in two places (DESIGN.md, Environments):
+
+- locally, launched by `PipesSubprocessClient` (`LocalJobLauncher`): Pipes parameters come from
+  environment variables, Ray is started on this machine;
+- on Databricks, submitted as a one-off job run by `PipesDatabricksClient` (`DatabricksJobLauncher`):
+  Pipes context and messages go through DBFS (or Unity Catalog volumes), Ray is started on the
+  job cluster's Spark workers with `ray.util.spark.setup_ray_cluster`.
+
+A job script looks like::
+
+    from cv_pipeline.jobs.runtime import open_job_pipes, ray_cluster
+
+    def main():
+        with open_job_pipes() as pipes:
+            with ray_cluster(num_workers=pipes.extras["num_workers"], use_gpu=pipes.extras["use_gpu"]):
+                ...  # Ray Train / Tune
+            pipes.report_asset_materialization(metadata={...})
+
+Environment variables read here (the Databricks launcher sets the first one in the cluster's
+`spark_env_vars`; the others may be set through its `env` field):
+
+- `DATABRICKS_RUNTIME_VERSION`: set by Databricks on every cluster; its presence means "on Databricks".
+- `CV_PIPELINE_RAY_WORKER_NODES`: Ray worker nodes to start on Spark (default: `num_workers`).
+- `CV_PIPELINE_RAY_CPUS_PER_NODE`: CPUs of each Ray worker node on Spark (default: `ceil(cpus_per_worker)`).
+- `CV_PIPELINE_RAY_LOG_DIR`: where Ray on Spark collects its node logs when it shuts down
+  (default `/dbfs/cv_pipeline/ray_logs`; empty disables collection).
+- `CV_PIPELINE_RAY_OBJECT_STORE`: object store bytes of a local Ray (default 256 MiB).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster_pipes import PipesContext, PipesContextLoader, PipesMessageWriter, PipesParamsLoader
+
+DATABRICKS_RUNTIME_ENV = "DATABRICKS_RUNTIME_VERSION"
+RAY_WORKER_NODES_ENV = "CV_PIPELINE_RAY_WORKER_NODES"
+RAY_CPUS_PER_NODE_ENV = "CV_PIPELINE_RAY_CPUS_PER_NODE"
+RAY_LOG_DIR_ENV = "CV_PIPELINE_RAY_LOG_DIR"
+RAY_OBJECT_STORE_ENV = "CV_PIPELINE_RAY_OBJECT_STORE"
+DEFAULT_RAY_LOG_DIR = "/dbfs/cv_pipeline/ray_logs"
+DEFAULT_OBJECT_STORE_BYTES = 256 * 1024**2
+
+# Environment Ray Train needs in the driver and (inherited) in its workers. Set with setdefault, so
+# a value the user exported wins. The Databricks launcher also puts them in the cluster's
+# spark_env_vars, so Ray worker nodes started inside Spark tasks get them too.
+RAY_ENV_DEFAULTS = {
+    "RAY_TRAIN_V2_ENABLED": "1",  # Ray Train V2 (the default in 2.60; pinned so a default flip shows)
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",  # no `uv run` re-exec of workers: use this interpreter's env
+}
+
+# What start_ray started in this process, so stop_ray only tears down its own: "local" | "spark".
+_started: str | None = None
+
+
+def on_databricks() -> bool:
+    """True inside a Databricks cluster (Databricks sets `DATABRICKS_RUNTIME_VERSION` there)."""
+    return bool(os.environ.get(DATABRICKS_RUNTIME_ENV))
+
+
+def configure_ray_environment() -> None:
+    """Set the environment variables Ray Train's driver and workers need (existing values win)."""
+    for name, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def _ray_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def start_ray(*, num_workers: int, use_gpu: bool, cpus_per_worker: float = 1,
+              object_store_bytes: int | None = None) -> str:
+    """Make sure this process is connected to a Ray cluster able to host `num_workers` Ray Train
+    workers of `cpus_per_worker` CPUs (and one GPU each when `use_gpu`); returns its address.
+
+    - Ray already initialised (a caller, a notebook, a test): nothing is started; its address is returned.
+    - Locally: `ray.init` on this machine with at least `cpus_per_worker * num_workers + 1` logical
+      CPUs (the +1 is the slot Ray Train's controller-side actors take beside the workers), no
+      dashboard, Ray leaving logging alone, and an object store of `object_store_bytes` (default
+      `$CV_PIPELINE_RAY_OBJECT_STORE`, else 256 MiB).
+    - On Databricks: `ray.util.spark.setup_ray_cluster` starts a Ray head on the driver and
+      `$CV_PIPELINE_RAY_WORKER_NODES` (default `num_workers`) Ray worker nodes as Spark tasks, each
+      with one GPU if `use_gpu` and `$CV_PIPELINE_RAY_CPUS_PER_NODE` (default `ceil(cpus_per_worker)`)
+      CPUs; node logs are collected to `$CV_PIPELINE_RAY_LOG_DIR` on shutdown. Then `ray.init` connects to it.
+
+    Pair with `stop_ray()`, or use `ray_cluster(...)`, which does both.
+    """
+    global _started
+    import ray
+
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    configure_ray_environment()
+    if ray.is_initialized():
+        return _ray_address()
+    if on_databricks():
+        import ray.util.spark
+
+        log_dir = os.environ.get(RAY_LOG_DIR_ENV, DEFAULT_RAY_LOG_DIR) or None
+        address, _remote_address = ray.util.spark.setup_ray_cluster(
+            max_worker_nodes=int(os.environ.get(RAY_WORKER_NODES_ENV) or num_workers),
+            num_cpus_worker_node=int(os.environ.get(RAY_CPUS_PER_NODE_ENV) or max(1, math.ceil(cpus_per_worker))),
+            num_gpus_worker_node=1 if use_gpu else 0,
+            object_store_memory_worker_node=object_store_bytes,
+            collect_log_to_path=log_dir,
+        )
+        try:
+            ray.init(address=address)
+        except BaseException:
+            ray.util.spark.shutdown_ray_cluster()
+            raise
+        _started = "spark"
+        return address
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_per_worker * num_workers) + 1),
+        include_dashboard=False,
+        configure_logging=False,
+        object_store_memory=int(object_store_bytes or os.environ.get(RAY_OBJECT_STORE_ENV, DEFAULT_OBJECT_STORE_BYTES)),
+    )
+    _started = "local"
+    return _ray_address()
+
+
+def stop_ray() -> None:
+    """Tear down what `start_ray` started in this process (a Ray it found running is left alone):
+    `ray.shutdown()`, and on Databricks `ray.util.spark.shutdown_ray_cluster()` after it."""
+    global _started
+    started, _started = _started, None
+    if started is None:
+        return
+    import ray
+
+    ray.shutdown()
+    if started == "spark":
+        import ray.util.spark
+
+        ray.util.spark.shutdown_ray_cluster()
+
+
+@contextmanager
+def ray_cluster(*, num_workers: int, use_gpu: bool, cpus_per_worker: float = 1,
+                object_store_bytes: int | None = None) -> Iterator[str]:
+    """`start_ray(...)` on entry (yields the address), `stop_ray()` on exit if this block started it."""
+    import ray
+
+    already_running = ray.is_initialized()
+    address = start_ray(num_workers=num_workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
+                        object_store_bytes=object_store_bytes)
+    try:
+        yield address
+    finally:
+        if not already_running:
+            stop_ray()
+
+
+def databricks_pipes_io() -> tuple[PipesParamsLoader, PipesContextLoader | None, PipesMessageWriter | None]:
+    """The Pipes params loader, context loader and message writer matching what
+    dagster-databricks' clients inject (0.29):
+
+    - `PipesDatabricksClient` with a `new_cluster` task passes the bootstrap params as
+      `spark_env_vars` (environment variables), an `existing_cluster_id` task as the task's CLI
+      `parameters` (`--dagster-pipes-context ...`): the params loader follows what is present.
+    - Its default `PipesDbfsContextInjector` / `PipesDbfsMessageReader` use a DBFS temp dir
+      (`{"path": "/tmp/..."}`, read through the `/dbfs` FUSE mount here): `PipesDbfsContextLoader`
+      and `PipesDbfsMessageWriter`. `PipesDatabricksServerlessClient` uses a Unity Catalog volume
+      (`{"path": "/Volumes/..."}`): the `PipesUnityCatalogVolumes*` pair. The path decides.
+
+    Loader and writer are None when the process was not launched by Pipes (open_dagster_pipes then
+    returns its no-op mock).
+    """
+    from dagster_pipes import (
+        DAGSTER_PIPES_CONTEXT_CLI_ARGUMENT,
+        PipesCliArgsParamsLoader,
+        PipesDbfsContextLoader,
+        PipesDbfsMessageWriter,
+        PipesEnvVarParamsLoader,
+        PipesUnityCatalogVolumesContextLoader,
+        PipesUnityCatalogVolumesMessageWriter,
+    )
+
+    params_loader: PipesParamsLoader = (PipesCliArgsParamsLoader() if DAGSTER_PIPES_CONTEXT_CLI_ARGUMENT in sys.argv
+                                        else PipesEnvVarParamsLoader())
+    if not params_loader.is_dagster_pipes_process():
+        return params_loader, None, None
+
+    def on_volume(params: dict) -> bool:
+        return str(params.get("path", "")).startswith("/Volumes/")
+
+    context_loader = (PipesUnityCatalogVolumesContextLoader() if on_volume(params_loader.load_context_params())
+                      else PipesDbfsContextLoader())
+    message_writer = (PipesUnityCatalogVolumesMessageWriter() if on_volume(params_loader.load_messages_params())
+                      else PipesDbfsMessageWriter())
+    return params_loader, context_loader, message_writer
+
+
+@contextmanager
+def open_job_pipes() -> Iterator[PipesContext]:
+    """The job's `PipesContext` (extras, logging, reporting), closed on exit.
+
+    Locally `open_dagster_pipes()` with its defaults (what `PipesSubprocessClient` injects); on
+    Databricks with the loader/writer of `databricks_pipes_io()`. Run outside Dagster, it yields
+    dagster_pipes' no-op mock and warns.
+    """
+    from dagster_pipes import open_dagster_pipes
+
+    if on_databricks():
+        params_loader, context_loader, message_writer = databricks_pipes_io()
+        pipes = open_dagster_pipes(params_loader=params_loader, context_loader=context_loader,
+                                   message_writer=message_writer)
+    else:
+        pipes = open_dagster_pipes()
+    with pipes:
+        yield pipes
