@@ -125,10 +125,26 @@ def print_tables() -> None:
         print(f"  {name:20s} rows={rows:<6d} version={table.version():<3d} {path}")
 
 
-def run_training(defs, instance, epochs: int | None) -> bool:
-    run_config = {"ops": {"classifier_model": {"config": {"epochs": epochs}}}} if epochs else None
+VISION_MODELS = ("detection_model", "instance_segmentation_model", "semantic_segmentation_model")
+
+
+def training_run_config(epochs: int | None, vision_epochs: int | None, max_samples: int | None) -> dict:
+    """Run config of train_and_deploy: `epochs` for the classifier, `vision_epochs` and `max_samples`
+    (per split) for the detection and segmentation models; unset values keep each task's defaults."""
+    ops = {}
+    if epochs:
+        ops["classifier_model"] = {"config": {"epochs": epochs}}
+    vision = {key: value for key, value in (("epochs", vision_epochs), ("max_train_samples", max_samples),
+                                             ("max_val_samples", max_samples)) if value}
+    for name in VISION_MODELS if vision else ():
+        ops[name] = {"config": vision}
+    return {"ops": ops}
+
+
+def run_training(defs, instance, epochs: int | None, vision_epochs: int | None = None,
+                 max_samples: int | None = None) -> bool:
     result = defs.resolve_job_def("train_and_deploy").execute_in_process(
-        instance=instance, run_config=run_config, raise_on_error=False)
+        instance=instance, run_config=training_run_config(epochs, vision_epochs, max_samples), raise_on_error=False)
     meta = materialized_metadata(result)
     checks = result.get_asset_check_evaluations()
     dataset = meta.get("training_dataset", {})
@@ -139,6 +155,12 @@ def run_training(defs, instance, epochs: int | None) -> bool:
     if model:
         print(f"classifier_model   MLflow run {model['mlflow_run_id']} val_acc={model['val_acc']:.3f} "
               f"best epoch={model['best_epoch']}")
+    for name in VISION_MODELS:
+        vision = meta.get(name, {})
+        if vision:
+            monitor = vision["monitor"]
+            print(f"{name:<18s} MLflow run {vision['mlflow_run_id']} {vision['arch']} {monitor}="
+                  f"{vision.get(monitor, float('nan')):.3f} best epoch={vision['best_epoch']}")
     evaluation = meta.get("classifier_evaluation", {})
     if evaluation:
         print(f"evaluation (test)  accuracy={evaluation['accuracy']:.3f} macro_f1={evaluation['macro_f1']:.3f} "
@@ -167,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cv-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="ingest every landed batch, then train, evaluate, register and serve")
-    run.add_argument("--epochs", type=int, default=None, help="override the training epochs")
+    run.add_argument("--epochs", type=int, default=None, help="override the classifier's training epochs")
+    run.add_argument("--vision-epochs", type=int, default=None,
+                     help="override the detection and segmentation models' training epochs")
+    run.add_argument("--max-samples", type=int, default=None,
+                     help="train the detection and segmentation models on the first N images of each split (smoke runs)")
     sub.add_parser("ingest", help="ingest every landed batch and run its quality checks only")
     args = parser.parse_args(argv)
 
@@ -195,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print_tables()
         print("\nnot training: an ingestion run failed (a blocking quality check or an unreadable batch)")
         return 1
-    trained = run_training(defs, instance, args.epochs)
+    trained = run_training(defs, instance, args.epochs, args.vision_epochs, args.max_samples)
     print_tables()
     print(f"\nMLflow             {settings.mlflow_tracking_uri()}")
     return 0 if trained else 1

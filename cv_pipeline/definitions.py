@@ -11,7 +11,7 @@ from cv_pipeline.defs.registry import challenger_meets_threshold, champion_class
 from cv_pipeline.defs.resources import local_resources
 from cv_pipeline.defs.sensors import landing_batch_sensor, retrain_on_new_data
 from cv_pipeline.defs.serving import serving_endpoint
-from cv_pipeline.defs.training import classifier_model, training_dataset
+from cv_pipeline.defs.training import VISION_MODEL_ASSETS, classifier_model, training_dataset
 
 RESOURCES_BY_ENVIRONMENT = {"local": local_resources}
 
@@ -26,8 +26,8 @@ def resources_for(environment: str) -> dict:
 
 
 defs = dg.Definitions(
-    assets=[coco_tables, training_dataset, classifier_model, classifier_evaluation, registered_classifier,
-            champion_classifier, serving_endpoint],
+    assets=[coco_tables, training_dataset, classifier_model, *VISION_MODEL_ASSETS, classifier_evaluation,
+            registered_classifier, champion_classifier, serving_endpoint],
     asset_checks=[challenger_meets_threshold],
     jobs=[ingest_job, training_job],
     sensors=[landing_batch_sensor, retrain_on_new_data],

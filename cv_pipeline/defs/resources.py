@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from cv_pipeline import settings
+from cv_pipeline.defs.launchers import LocalJobLauncher
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -105,5 +106,5 @@ def local_resources() -> dict:
         "ingestion": IngestionPolicy(
             store_image_bytes=os.environ.get("CV_PIPELINE_STORE_IMAGE_BYTES", "0").lower() in ("1", "true", "yes"),
         ),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "job_launcher": LocalJobLauncher(),
     }

@@ -1,14 +1,16 @@
-"""Training: the pinned split manifest, then the classifier trained out of process through Pipes."""
+"""Training: the pinned split manifest, then one model per task trained out of process through Pipes."""
 
 
 import subprocess
-import sys
+from typing import Optional
 
 import dagster as dg
 
 from cv_pipeline import settings
 from cv_pipeline.data.quality import ERROR, TRAINING_CHECK_DEFINITIONS
 from cv_pipeline.defs.ingestion import COCO_TABLES
+from cv_pipeline.defs.launchers import JobLauncher
+from cv_pipeline.defs.metadata import latest_metadata
 from cv_pipeline.defs.resources import LakeResource, MLflowResource
 
 
@@ -64,18 +66,28 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
     })
 
 
-class ClassifierTrainingConfig(dg.Config):
-    arch: str = "resnet18"
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    image_size: int = 64
+class ModelTrainingConfig(dg.Config):
+    """Training settings; unset values take the task's defaults (see cv_pipeline/models/builtin_tasks.py)."""
+
+    arch: Optional[str] = None
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    image_size: Optional[int] = None
     seed: int = 17
     num_workers: int = 1
     use_gpu: bool = False
+    accumulate_grad_batches: int = 1
     early_stopping_patience: int = 0
-    pretrained_weights: str | None = None
+    checkpoints_to_keep: int = 2
+    max_failures: int = 1
+    pretrained_weights: Optional[str] = None  # a local file or an earlier run's checkpoint directory
+    use_best_hpo_config: bool = False  # take the best config of the latest hpo_study of this task
+    max_train_samples: Optional[int] = None  # smoke runs: the first N samples of each split
+    max_val_samples: Optional[int] = None
+    model_options: Optional[dict] = None  # keyword arguments of the model factory
+    system_metrics_interval_s: float = 5.0  # MLflow system metrics (CPU, memory, GPU) sampling
 
 
 def code_revision() -> str:
@@ -87,32 +99,59 @@ def code_revision() -> str:
         return "unknown"
 
 
-@dg.asset(
-    deps=[training_dataset],
-    group_name="training",
-    kinds={"pytorch", "ray", "mlflow"},
-    description="Image classifier on object crops: Lightning inside Ray Train, run as a Pipes job.",
-)
-def classifier_model(context: dg.AssetExecutionContext, config: ClassifierTrainingConfig, lake: LakeResource,
-                     mlflow: MLflowResource, pipes_subprocess_client: dg.PipesSubprocessClient):
-    from cv_pipeline.defs.metadata import latest_metadata
-
+def training_extras(context, task: str, config: dg.Config, lake: LakeResource, mlflow: MLflowResource,
+                    training: dict) -> dict:
+    """The Pipes extras of a training or tuning job: pinned dataset, MLflow, Ray storage, lineage."""
     dataset = latest_metadata(context, "training_dataset")
-    training = config.model_dump(exclude={"num_workers", "use_gpu"})
-    return pipes_subprocess_client.run(
-        command=[sys.executable, "-m", "cv_pipeline.jobs.train_classifier"],
-        context=context,
-        extras={
-            "dataset_path": lake.table_path("training_dataset"),
-            "dataset_version": int(dataset["delta_version"]),
-            "training": training,
-            "num_workers": config.num_workers,
-            "use_gpu": config.use_gpu,
-            "mlflow_tracking_uri": mlflow.tracking_uri,
-            "experiment_name": mlflow.experiment_name,
-            "artifact_root": mlflow.artifact_root,
-            "ray_storage_path": str(settings.ray_storage_dir()),
-            "run_name": f"dagster-{context.run_id[:8]}",
-            "lineage": {"code_revision": code_revision(), "dagster_run_id": context.run_id},
-        },
-    ).get_materialize_result()
+    return {
+        "task": task,
+        "dataset_path": lake.table_path("training_dataset"),
+        "dataset_version": int(dataset["delta_version"]),
+        "training": training,
+        "num_workers": config.num_workers,
+        "use_gpu": config.use_gpu,
+        "mlflow_tracking_uri": mlflow.tracking_uri,
+        "experiment_name": mlflow.experiment_name,
+        "artifact_root": mlflow.artifact_root,
+        "ray_storage_path": str(settings.ray_storage_dir()),
+        "run_name": f"{task}-dagster-{context.run_id[:8]}",
+        "lineage": {"code_revision": code_revision(), "dagster_run_id": context.run_id},
+    }
+
+
+def model_asset(task: str, name: str, description: str):
+    """The trained-model asset of one task: its Pipes job trains on Ray and reports back."""
+
+    @dg.asset(name=name, deps=[training_dataset], group_name="training", kinds={"pytorch", "ray", "mlflow"},
+              description=description)
+    def _model(context: dg.AssetExecutionContext, config: ModelTrainingConfig, lake: LakeResource,
+               mlflow: MLflowResource, job_launcher: JobLauncher):
+        training = {k: v for k, v in config.model_dump(exclude={"num_workers", "use_gpu", "use_best_hpo_config"}).items()
+                    if v is not None}
+        if config.use_best_hpo_config:
+            from cv_pipeline.defs.tuning import best_hpo_config
+
+            best = best_hpo_config(context, task)
+            if best is None:
+                raise dg.Failure(f"use_best_hpo_config is set but no hpo_study of task {task!r} has been materialized")
+            context.log.info(f"taking the best config of hpo_study: {best}")
+            training = {**training, **best}
+        extras = training_extras(context, task, config, lake, mlflow, training)
+        return job_launcher.run(context, "cv_pipeline.jobs.train", extras).get_materialize_result()
+
+    return _model
+
+
+classifier_model = model_asset(
+    "classification", "classifier_model",
+    "Image classifier on object crops: Lightning inside Ray Train, run as a Pipes job.")
+detection_model = model_asset(
+    "detection", "detection_model",
+    "Object detector (torchvision, Faster R-CNN on ResNet-18 by default): Lightning on Ray Train, a Pipes job.")
+instance_segmentation_model = model_asset(
+    "instance_segmentation", "instance_segmentation_model",
+    "Instance segmentation (Mask R-CNN on ResNet-18 by default): Lightning on Ray Train, a Pipes job.")
+semantic_segmentation_model = model_asset(
+    "semantic_segmentation", "semantic_segmentation_model",
+    "Semantic segmentation (LR-ASPP on ResNet-18 by default): Lightning on Ray Train, a Pipes job.")
+VISION_MODEL_ASSETS = (detection_model, instance_segmentation_model, semantic_segmentation_model)

@@ -32,7 +32,7 @@ class DeploymentPipeline:
         from cv_pipeline.deployment.registry import CHALLENGER, ModelRegistry
         from cv_pipeline.deployment.serving import LocalModelServer
         from cv_pipeline.evaluation.classification_report import evaluate_classifier
-        from cv_pipeline.jobs.train_classifier import run_training
+        from cv_pipeline.jobs.train import run_training
 
         if not (Path(self.dataset_path) / "_delta_log").is_dir():
             raise FileNotFoundError(f"no training_dataset at {self.dataset_path}; run `cv-pipeline run` or build it first")

@@ -1,8 +1,10 @@
-"""Train the classifier out of process: launched through Dagster Pipes (`PipesSubprocessClient`
-locally, a Databricks job there), parameters from Pipes extras, results reported back through Pipes.
+"""Train a model of any registered task out of process: launched through Dagster Pipes
+(`PipesSubprocessClient` locally, a Databricks job there: see `cv_pipeline.jobs.runtime`),
+parameters from Pipes extras, results reported back through Pipes.
 
-Extras: dataset_path, dataset_version, training (RayTrainer config), num_workers, use_gpu,
-mlflow_tracking_uri, experiment_name, artifact_root, lineage (tags recorded on the MLflow run).
+Extras: task, dataset_path, dataset_version, training (RayTrainer config; `arch` picks the model),
+num_workers, use_gpu, mlflow_tracking_uri, experiment_name, artifact_root, ray_storage_path,
+run_name, lineage (tags recorded on the MLflow run: code revision, Dagster run id).
 """
 
 from __future__ import annotations
@@ -18,86 +20,121 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = Path(artifact_root, name).as_uri() if artifact_root else None
+    location = Path(artifact_root, name).as_uri() if artifact_root and "://" not in artifact_root else artifact_root
     return mlflow.create_experiment(name, artifact_location=location)
 
 
-def run_training(params: dict, log=print) -> dict:
-    """Create the MLflow run, train on Ray, log the model; returns what the asset reports."""
-    import mlflow
-
-    from cv_pipeline.deployment.pyfunc import log_classifier_model
-    from cv_pipeline.training.crops import crop_row
-    from cv_pipeline.training.dataset import load_manifest, load_split
-    from cv_pipeline.training.ray_trainer import RayTrainer
-
-    mlflow.set_tracking_uri(params["mlflow_tracking_uri"])
-    experiment_id = ensure_experiment(params["experiment_name"], params.get("artifact_root"))
-    manifest = load_manifest(params["dataset_path"], params.get("dataset_version"))
-    training = dict(params.get("training") or {})
-    lineage = {
+def lineage_tags(manifest, extra: dict | None = None) -> dict:
+    """What a model version was trained on: Delta versions, dataset hash, code revision."""
+    return {
         "dataset_path": manifest.table_path,
         "dataset_version": str(manifest.version),
         "dataset_hash": manifest.content_hash,
         **{f"delta_version.{k}": str(v) for k, v in manifest.source_versions.items()},
-        **{k: str(v) for k, v in (params.get("lineage") or {}).items()},
+        **{k: str(v) for k, v in (extra or {}).items()},
     }
+
+
+def run_training(params: dict, log=print) -> dict:
+    """Create the MLflow run, train on Ray, log checkpoint and model; returns what the asset reports."""
+    import mlflow
+
+    from cv_pipeline.models.tasks import get_task
+    from cv_pipeline.training.dataset import load_manifest
+    from cv_pipeline.training.ray_trainer import RayTrainer
+
+    spec = get_task(params.get("task", "classification"))
+    mlflow.set_tracking_uri(params["mlflow_tracking_uri"])
+    experiment_id = ensure_experiment(params["experiment_name"], params.get("artifact_root"))
+    manifest = load_manifest(params["dataset_path"], params.get("dataset_version"))
+    training = dict(params.get("training") or {})
+    arch = training.pop("arch", None) or spec.default_model
+    num_workers = int(params.get("num_workers", 1))
+    trainer = RayTrainer(arch, num_workers=num_workers, use_gpu=bool(params.get("use_gpu", False)), task=spec.name,
+                         storage_path=params.get("ray_storage_path"))
     with mlflow.start_run(experiment_id=experiment_id, run_name=params.get("run_name")) as run:
-        mlflow.set_tags(lineage)
-        mlflow.log_params({"arch": training.get("arch", "resnet18"), "num_workers": params.get("num_workers", 1),
-                           **{k: v for k, v in training.items() if k != "arch"}})
+        mlflow.set_tags({"task": spec.name, "arch": arch, **lineage_tags(manifest, params.get("lineage"))})
+        mlflow.log_params({"task": spec.name, "arch": arch, "num_workers": num_workers,
+                           "use_gpu": bool(params.get("use_gpu", False)), **{**spec.defaults, **training}})
         mlflow.log_dict({"labels": manifest.labels, "split_counts": manifest.split_counts}, "dataset/manifest.json")
         run_id = run.info.run_id
-    log(f"MLflow run {run_id}: training {training.get('arch', 'resnet18')} on {manifest.table_path}@v{manifest.version}")
+    log(f"MLflow run {run_id}: training {spec.name}/{arch} on {manifest.table_path}@v{manifest.version}")
 
-    trainer = RayTrainer(training.pop("arch", "resnet18"), num_workers=int(params.get("num_workers", 1)),
-                         use_gpu=bool(params.get("use_gpu", False)), storage_path=params.get("ray_storage_path"))
     result = trainer.train({
         **training,
         "dataset_path": manifest.table_path,
         "dataset_version": manifest.version,
         "mlflow_tracking_uri": params["mlflow_tracking_uri"],
         "mlflow_run_id": run_id,
+        "run_name": params.get("run_name"),
     })
 
-    example = crop_row(load_split(manifest.table_path, manifest.version, "val")[0])
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"best_{k}": v for k, v in result.metrics.items() if k.startswith(("val_", "train_"))})
-        mlflow.log_artifact(result.model_path, artifact_path="classifier")
-        model_info = log_classifier_model(Path(result.model_path), example)
+        mlflow.log_artifacts(result.checkpoint_path, artifact_path="checkpoint")
+        mlflow.set_tag("restarts", str(max(0, len(result.attempts) - 1)))
+        if spec.name == "classification":  # the classifier artifact: served as an MLflow pyfunc
+            from cv_pipeline.deployment.pyfunc import log_classifier_model
+            from cv_pipeline.training.crops import crop_row
+            from cv_pipeline.training.dataset import load_split
+
+            mlflow.log_artifact(result.model_path, artifact_path="classifier")
+            example = crop_row(load_split(manifest.table_path, manifest.version, "val")[0])
+            model_uri = log_classifier_model(Path(result.model_path), example).model_uri
+        else:
+            mlflow.log_artifact(result.model_path, artifact_path="model")
+            model_uri = f"runs:/{run_id}/model/model.pt"
     return {
+        "task": spec.name,
+        "arch": arch,
         "mlflow_run_id": run_id,
-        "model_uri": model_info.model_uri,
+        "model_uri": model_uri,
         "model_path": result.model_path,
         "checkpoint_path": result.checkpoint_path,
+        "storage_path": result.storage_path,
         "metrics": result.metrics,
+        "monitor": spec.val_monitor,
+        "history": result.history,
+        "restarts": max(0, len(result.attempts) - 1),
         "dataset_path": manifest.table_path,
         "dataset_version": manifest.version,
         "labels": manifest.labels,
     }
 
 
-def main() -> None:
-    from dagster_pipes import open_dagster_pipes
+def report_metadata(outcome: dict) -> dict:
+    """Pipes metadata of a training outcome (raw values with types, as Pipes carries them)."""
+    metrics = outcome["metrics"]
+    metadata = {
+        "task": outcome["task"],
+        "arch": outcome["arch"],
+        "mlflow_run_id": outcome["mlflow_run_id"],
+        "model_uri": outcome["model_uri"],
+        "model_path": outcome["model_path"],
+        "checkpoint_path": outcome["checkpoint_path"],
+        "storage_path": outcome["storage_path"],
+        "dataset_version": {"raw_value": outcome["dataset_version"], "type": "int"},
+        "monitor": outcome["monitor"],
+        "best_epoch": {"raw_value": int(metrics.get("epoch", -1)), "type": "int"},
+        "restarts": {"raw_value": int(outcome["restarts"]), "type": "int"},
+        "labels": {"raw_value": outcome["labels"], "type": "json"},
+        "history": {"raw_value": outcome["history"], "type": "json"},
+    }
+    for key, value in metrics.items():
+        if key.startswith(("val_", "train_")):
+            metadata[key] = {"raw_value": float(value), "type": "float"}
+    return metadata
 
-    with open_dagster_pipes() as pipes:
+
+def main() -> None:
+    from cv_pipeline.jobs.runtime import open_job_pipes, ray_cluster
+
+    with open_job_pipes() as pipes:
         params = dict(pipes.extras)
         params.setdefault("ray_storage_path", os.environ.get("CV_PIPELINE_RAY_STORAGE"))
-        outcome = run_training(params, log=pipes.log.info)
-        metrics = outcome["metrics"]
-        pipes.report_asset_materialization(
-            metadata={
-                "mlflow_run_id": outcome["mlflow_run_id"],
-                "model_uri": outcome["model_uri"],
-                "model_path": outcome["model_path"],
-                "checkpoint_path": outcome["checkpoint_path"],
-                "dataset_version": {"raw_value": outcome["dataset_version"], "type": "int"},
-                "val_acc": {"raw_value": metrics.get("val_acc", float("nan")), "type": "float"},
-                "val_loss": {"raw_value": metrics.get("val_loss", float("nan")), "type": "float"},
-                "best_epoch": {"raw_value": int(metrics.get("epoch", -1)), "type": "int"},
-                "labels": {"raw_value": outcome["labels"], "type": "json"},
-            },
-        )
+        with ray_cluster(num_workers=int(params.get("num_workers", 1)), use_gpu=bool(params.get("use_gpu", False))):
+            outcome = run_training(params, log=pipes.log.info)
+        pipes.report_asset_materialization(metadata=report_metadata(outcome))
 
 
 if __name__ == "__main__":

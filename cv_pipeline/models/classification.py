@@ -7,6 +7,7 @@ architecture name, the label map and the weights, so a model is rebuilt without 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,29 +19,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _resnet18(num_classes: int) -> torch.nn.Module:
-    from torchvision.models import resnet18
-
-    return resnet18(weights=None, num_classes=num_classes)
+CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
+               "efficientnet_b1", "convnext_tiny")
 
 
-def _mobilenet_v3_small(num_classes: int) -> torch.nn.Module:
-    from torchvision.models import mobilenet_v3_small
+def torchvision_classifier(name: str, num_classes: int, **options) -> torch.nn.Module:
+    """A torchvision classification model by name, random weights (`weights=None`: no download)."""
+    import torchvision.models
 
-    return mobilenet_v3_small(weights=None, num_classes=num_classes)
-
-
-def _efficientnet_b0(num_classes: int) -> torch.nn.Module:
-    from torchvision.models import efficientnet_b0
-
-    return efficientnet_b0(weights=None, num_classes=num_classes)
+    return getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **options)
 
 
-CLASSIFIER_ARCHITECTURES: dict[str, Callable[[int], torch.nn.Module]] = {
-    "resnet18": _resnet18,
-    "mobilenet_v3_small": _mobilenet_v3_small,
-    "efficientnet_b0": _efficientnet_b0,
-}
+CLASSIFIER_ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
+    name: partial(torchvision_classifier, name) for name in CLASSIFIERS}
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def test_artifact_round_trip_predicts_the_same(tmp_path):
 def test_ray_trainer_validates_its_arguments():
     from cv_pipeline import RayTrainer
 
-    with pytest.raises(ValueError, match="Unknown classifier architecture 'nope'"):
+    with pytest.raises(ValueError, match="Unknown model 'nope' for task 'classification'; choose one of"):
         RayTrainer("nope")
     with pytest.raises(ValueError, match="num_workers must be >= 1"):
         RayTrainer("resnet18", num_workers=0)

@@ -1,0 +1,88 @@
+"""Does it learn? Train one task on the bundled samples and score the model on the test split.
+
+    python benchmarks/learning.py --task {classification,detection,instance_segmentation,semantic_segmentation}
+                                  [--epochs N] [--arch NAME] [--workers 1] [--gpu] [--quick]
+
+The two sample batches (`data_samples/landing`, 220 images, 6 shape categories) go into Delta
+tables in a temporary folder (`benchmarks/sample_lake.py`, no JVM) and a training_dataset pins the
+split. `RayTrainer` trains from random weights (nothing is downloaded) with the task's defaults
+unless overridden; the best checkpoint by the validation metric is exported, and the exported
+model is scored on the test split with the task's metric: accuracy (classification), COCO box
+mAP@0.5 (detection), COCO mask mAP@0.5 (instance segmentation, pycocotools through torchmetrics),
+mIoU over background + 6 classes (semantic segmentation). Goals (issue #4): accuracy >= 0.9,
+box mAP@0.5 >= 0.5, mask mAP@0.5 >= 0.4, mIoU >= 0.6. Ends with one line
+
+    RESULT learning_<task> <metric>=<test value> goal=<goal> ratio=<value/goal> train_s=<s> epochs=<n> device=<cpu|cuda>
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[1]
+
+# task -> (metric key of evaluate_model, name printed, goal, CPU recipe tuned on the samples)
+RECIPES = {
+    "classification": ("acc", "accuracy", 0.9, {"arch": "resnet18", "epochs": 12}),
+    "detection": ("map_50", "map_50", 0.5, {"arch": "fasterrcnn_resnet18_fpn", "epochs": 16, "image_size": 256}),
+    "instance_segmentation": ("segm_map_50", "map_50", 0.4,
+                              {"arch": "maskrcnn_resnet18_fpn", "epochs": 16, "image_size": 256}),
+    "semantic_segmentation": ("miou", "miou", 0.6, {"arch": "lraspp_resnet18", "epochs": 20, "image_size": 192}),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=sorted(RECIPES))
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--arch")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    parser.add_argument("--gpu", action="store_true", help="train on GPU (one per worker)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--quick", action="store_true", help="2 epochs: checks the script, not the goal")
+    args = parser.parse_args(argv)
+
+    key, printed, goal, recipe = RECIPES[args.task]
+    overrides = {"epochs": 2 if args.quick else args.epochs, "arch": args.arch, "batch_size": args.batch_size,
+                 "lr": args.lr, "image_size": args.image_size}
+    config = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
+    with tempfile.TemporaryDirectory(prefix="cv_pipeline_learning_") as tmp:
+        os.environ.setdefault("CV_PIPELINE_HOME", str(Path(tmp) / "home"))
+        from sample_lake import build_lake
+
+        from cv_pipeline.evaluation.task_metrics import evaluate_model
+        from cv_pipeline.jobs.runtime import ray_cluster
+        from cv_pipeline.training.ray_trainer import RayTrainer
+
+        batches = sorted(p for p in (REPO / "data_samples" / "landing").iterdir() if (p / "_SUCCESS").exists())
+        manifest = build_lake(batches, Path(tmp) / "lake")
+        print(f"samples: {manifest.split_images} images per split, {len(manifest.labels)} classes")
+        trainer = RayTrainer(config.pop("arch"), num_workers=args.workers, use_gpu=args.gpu, task=args.task,
+                             storage_path=Path(tmp) / "ray")
+        with ray_cluster(num_workers=args.workers, use_gpu=args.gpu):
+            started = time.perf_counter()
+            result = trainer.train({**config, "dataset_path": manifest.table_path, "run_name": "learning"})
+            train_s = time.perf_counter() - started
+        for row in result.history:
+            print("epoch " + " ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        device = "cuda" if args.gpu else "cpu"
+        test = evaluate_model(result.model_path, manifest, "test", device=device)
+    value = test[key]
+    epochs = len(result.history)
+    print(f"best validation {trainer.spec.val_monitor}={result.metrics.get(trainer.spec.val_monitor, float('nan')):.4f}; "
+          f"test {test}")
+    print(f"RESULT learning_{args.task} {printed}={value:.4f} goal={goal} ratio={value / goal:.3f} "
+          f"train_s={train_s:.1f} epochs={epochs} device={device}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

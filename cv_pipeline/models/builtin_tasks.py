@@ -1,0 +1,315 @@
+"""The built-in tasks: classification, detection, instance and semantic segmentation.
+
+Each is an ordinary `TaskSpec`, registered the same way a user's task is. Models are torchvision's,
+by name, with random weights (`weights=None, weights_backbone=None`: nothing is downloaded); the
+`*_resnet18_fpn` / `lraspp_resnet18` variants put torchvision's own detection and segmentation
+heads on a ResNet-18, a size that trains from scratch on a CPU.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cv_pipeline.models.classification import CLASSIFIER_ARCHITECTURES
+from cv_pipeline.models.tasks import TaskSpec
+
+# ---------------------------------------------------------------------------------------------
+# Model factories
+# ---------------------------------------------------------------------------------------------
+
+TORCHVISION_DETECTORS = (
+    "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large", "ssd300_vgg16",
+)
+TORCHVISION_INSTANCE_SEGMENTERS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+TORCHVISION_SEMANTIC_SEGMENTERS = (
+    "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "fcn_resnet50", "fcn_resnet101",
+    "lraspp_mobilenet_v3_large",
+)
+
+
+def _torchvision_detector(name: str, num_classes: int, image_size: int | None = None, **options) -> nn.Module:
+    from torchvision.models import detection
+
+    kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes, **options}
+    if image_size and not name.startswith("ssd"):
+        kwargs.update(min_size=image_size, max_size=image_size)
+    return getattr(detection, name)(**kwargs)
+
+
+def _resnet_fpn(backbone_name: str, *, p6p7: bool = False):
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    if p6p7:  # RetinaNet/FCOS: P3-P7
+        return resnet_fpn_backbone(backbone_name=backbone_name, weights=None, norm_layer=nn.BatchNorm2d,
+                                   trainable_layers=5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    return resnet_fpn_backbone(backbone_name=backbone_name, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
+
+
+def _small_anchors():
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    return AnchorGenerator(sizes=((16,), (32,), (64,), (128,), (256,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+
+
+def fasterrcnn_resnet18_fpn(num_classes: int, image_size: int = 320, **options) -> nn.Module:
+    from torchvision.models.detection import FasterRCNN
+
+    return FasterRCNN(_resnet_fpn("resnet18"), num_classes=num_classes, min_size=image_size, max_size=image_size,
+                      rpn_anchor_generator=_small_anchors(), **options)
+
+
+def maskrcnn_resnet18_fpn(num_classes: int, image_size: int = 320, **options) -> nn.Module:
+    from torchvision.models.detection import MaskRCNN
+
+    return MaskRCNN(_resnet_fpn("resnet18"), num_classes=num_classes, min_size=image_size, max_size=image_size,
+                    rpn_anchor_generator=_small_anchors(), **options)
+
+
+def fcos_resnet18_fpn(num_classes: int, image_size: int = 320, **options) -> nn.Module:
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    anchors = AnchorGenerator(sizes=((8,), (16,), (32,), (64,), (128,)), aspect_ratios=((1.0,),) * 5)
+    return FCOS(_resnet_fpn("resnet18", p6p7=True), num_classes=num_classes, min_size=image_size,
+                max_size=image_size, anchor_generator=anchors, **options)
+
+
+def retinanet_resnet18_fpn(num_classes: int, image_size: int = 320, **options) -> nn.Module:
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (16, 32, 64, 128, 256))
+    anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    return RetinaNet(_resnet_fpn("resnet18", p6p7=True), num_classes=num_classes, min_size=image_size,
+                     max_size=image_size, anchor_generator=anchors, **options)
+
+
+def _torchvision_segmenter(name: str, num_classes: int, **options) -> nn.Module:
+    from torchvision.models import segmentation
+
+    kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes, **options}
+    if not name.startswith("lraspp"):
+        kwargs.setdefault("aux_loss", False)
+    return getattr(segmentation, name)(**kwargs)
+
+
+def lraspp_resnet18(num_classes: int, **options) -> nn.Module:
+    """torchvision's LR-ASPP head on a ResNet-18: stride-8 detail from layer2, context from layer4."""
+    from torchvision.models import resnet18
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.lraspp import LRASPP
+
+    backbone = IntermediateLayerGetter(resnet18(weights=None), return_layers={"layer2": "low", "layer4": "high"})
+    return LRASPP(backbone, low_channels=128, high_channels=512, num_classes=num_classes,
+                  inter_channels=options.pop("inter_channels", 128))
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def classification_loss(model, batch, config) -> dict:
+    images, labels = batch
+    logits = model(images)
+    return {"loss": F.cross_entropy(logits, labels, label_smoothing=float(config.get("label_smoothing", 0.0)))}
+
+
+def classification_metrics(num_classes: int):
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro"),
+                             "f1_macro": MulticlassF1Score(num_classes, average="macro")})
+
+
+def classification_update(metric, model, batch) -> None:
+    images, labels = batch
+    metric.update(model(images).argmax(dim=1), labels)
+
+
+def detection_loss(model, batch, config) -> dict:
+    images, targets = batch
+    parts = model(list(images), [_plain_target(t) for t in targets])
+    return {"loss": sum(parts.values()), **parts}
+
+
+def _plain_target(target: dict) -> dict:
+    return {k: v for k, v in target.items() if isinstance(v, torch.Tensor)}
+
+
+def detection_metrics(num_classes: int, iou_types=("bbox",)):
+    from torchmetrics.detection import MeanAveragePrecision
+
+    return MeanAveragePrecision(iou_type=iou_types[0] if len(iou_types) == 1 else tuple(iou_types),
+                                backend="pycocotools")
+
+
+def detection_update(metric, model, batch, with_masks: bool = False) -> None:
+    images, targets = batch
+    outputs = model(list(images))
+    predictions, truths = [], []
+    for output, target in zip(outputs, targets):
+        prediction = {"boxes": output["boxes"].float(), "scores": output["scores"].float(), "labels": output["labels"]}
+        truth = {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"]}
+        if "iscrowd" in target:
+            truth["iscrowd"] = target["iscrowd"]
+        if with_masks:
+            prediction["masks"] = output["masks"][:, 0] > 0.5
+            truth["masks"] = target["masks"].as_subclass(torch.Tensor).bool()
+        predictions.append(prediction)
+        truths.append(truth)
+    metric.update(predictions, truths)
+
+
+def semantic_loss(model, batch, config) -> dict:
+    images, target = batch
+    logits = model(images)["out"]
+    return {"loss": F.cross_entropy(logits, target["mask"].long(), ignore_index=int(config.get("ignore_index", 255)))}
+
+
+def semantic_metrics(num_classes: int, ignore_index: int = 255):
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+    return MetricCollection({
+        "miou": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index),
+        "pixel_acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index),
+    })
+
+
+def semantic_update(metric, model, batch) -> None:
+    images, target = batch
+    metric.update(model(images)["out"].argmax(dim=1), target["mask"].long())
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: the default Delta datasets come from the target builders and transforms below
+# ---------------------------------------------------------------------------------------------
+
+
+def _detection_target(record, height, width, with_masks=False):
+    from cv_pipeline.training.coco_dataset import detection_target
+
+    return detection_target(record, height, width, with_masks=with_masks)
+
+
+def _semantic_target(record, height, width):
+    from cv_pipeline.training.coco_dataset import semantic_target
+
+    return semantic_target(record, height, width)
+
+
+def _classification_target(record, height, width):
+    from cv_pipeline.training.coco_dataset import classification_target
+
+    return classification_target(record, height, width)
+
+
+def _detection_transforms(train, config):
+    from cv_pipeline.training.coco_dataset import detection_transforms
+
+    return detection_transforms(train)
+
+
+def _semantic_transforms(train, config):
+    from cv_pipeline.training.coco_dataset import semantic_transforms
+
+    return semantic_transforms(train, int(config.get("image_size", 256)))
+
+
+def _classification_transforms(train, config):
+    from cv_pipeline.training.coco_dataset import classification_transforms
+
+    return classification_transforms(train, int(config.get("image_size", 64)))
+
+
+def _collate_detection(batch):
+    from cv_pipeline.training.coco_dataset import collate_detection
+
+    return collate_detection(batch)
+
+
+def _has_objects(record) -> bool:
+    return bool((record.iscrowd == 0).any())
+
+
+def classification_datasets(manifest, config):
+    """Object crops (default, `classification_input: crops`) or whole images labelled by their
+    largest object (`classification_input: images`)."""
+    source = config.get("classification_input", "crops")
+    if source == "images":
+        return None  # the default Delta image dataset, with the whole-image target
+    if source != "crops":
+        raise ValueError(f"classification_input must be 'crops' or 'images', got {source!r}")
+    from cv_pipeline.training.crops import CropDataset, load_crops, train_transform
+    from cv_pipeline.training.dataset import load_split
+
+    size = int(config.get("image_size", 64))
+    train = CropDataset(*load_crops(load_split(manifest.table_path, manifest.version, "train"), size),
+                        transform=train_transform(size))
+    val = CropDataset(*load_crops(load_split(manifest.table_path, manifest.version, "val"), size))
+    return train, val
+
+
+_TRAINING_DEFAULTS = {"optimizer": "adamw", "warmup_epochs": 0.0}
+
+CLASSIFICATION = TaskSpec(
+    name="classification",
+    description="Image classification of object crops (or whole images), cross-entropy; accuracy and macro F1.",
+    models=CLASSIFIER_ARCHITECTURES,
+    default_model="resnet18",
+    loss=classification_loss, metrics=classification_metrics, update_metrics=classification_update,
+    monitor="acc", target_builder=_classification_target, transforms=_classification_transforms,
+    keep_record=_has_objects, build_datasets=classification_datasets, loss_in_eval=True,
+    defaults={**_TRAINING_DEFAULTS, "image_size": 64, "epochs": 12, "batch_size": 32, "lr": 2e-3,
+              "weight_decay": 1e-4, "label_smoothing": 0.05},
+)
+DETECTION = TaskSpec(
+    name="detection",
+    description="Object detection with torchvision detectors; COCO mAP (pycocotools) on validation.",
+    models={**{name: partial(_torchvision_detector, name) for name in TORCHVISION_DETECTORS},
+            "fasterrcnn_resnet18_fpn": fasterrcnn_resnet18_fpn, "fcos_resnet18_fpn": fcos_resnet18_fpn,
+            "retinanet_resnet18_fpn": retinanet_resnet18_fpn},
+    default_model="fasterrcnn_resnet18_fpn",
+    loss=detection_loss, metrics=detection_metrics, update_metrics=detection_update, monitor="map_50",
+    target_builder=_detection_target, transforms=_detection_transforms, collate=_collate_detection,
+    model_classes=lambda num_classes: num_classes + 1, model_config_keys=("image_size",),
+    defaults={**_TRAINING_DEFAULTS, "image_size": 320, "epochs": 24, "batch_size": 4, "lr": 1e-3,
+              "weight_decay": 1e-4, "warmup_epochs": 1.0},
+)
+INSTANCE_SEGMENTATION = TaskSpec(
+    name="instance_segmentation",
+    description="Instance segmentation with Mask R-CNN; box and mask COCO mAP on validation.",
+    models={**{name: partial(_torchvision_detector, name) for name in TORCHVISION_INSTANCE_SEGMENTERS},
+            "maskrcnn_resnet18_fpn": maskrcnn_resnet18_fpn},
+    default_model="maskrcnn_resnet18_fpn",
+    loss=detection_loss, metrics=partial(detection_metrics, iou_types=("bbox", "segm")),
+    update_metrics=partial(detection_update, with_masks=True), monitor="segm_map_50",
+    target_builder=partial(_detection_target, with_masks=True), transforms=_detection_transforms,
+    collate=_collate_detection, model_classes=lambda num_classes: num_classes + 1, model_config_keys=("image_size",),
+    defaults={**_TRAINING_DEFAULTS, "image_size": 320, "epochs": 24, "batch_size": 4, "lr": 1e-3,
+              "weight_decay": 1e-4, "warmup_epochs": 1.0},
+)
+SEMANTIC_SEGMENTATION = TaskSpec(
+    name="semantic_segmentation",
+    description="Semantic segmentation (background + one class per category, crowd pixels ignored); mIoU.",
+    models={**{name: partial(_torchvision_segmenter, name) for name in TORCHVISION_SEMANTIC_SEGMENTERS},
+            "lraspp_resnet18": lraspp_resnet18},
+    default_model="lraspp_resnet18",
+    loss=semantic_loss, metrics=semantic_metrics, update_metrics=semantic_update, monitor="miou",
+    target_builder=_semantic_target, transforms=_semantic_transforms, loss_in_eval=True,
+    model_classes=lambda num_classes: num_classes + 1,
+    defaults={**_TRAINING_DEFAULTS, "image_size": 256, "epochs": 30, "batch_size": 8, "lr": 2e-3,
+              "weight_decay": 1e-4, "warmup_epochs": 1.0},
+)
+
+BUILTIN_TASKS = (CLASSIFICATION, DETECTION, INSTANCE_SEGMENTATION, SEMANTIC_SEGMENTATION)

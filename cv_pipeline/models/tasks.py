@@ -1,0 +1,177 @@
+"""The task registry: what a task is, and the four built in.
+
+A task bundles everything training needs to know about a kind of problem:
+
+- `models`: name -> factory `(num_classes, **options) -> nn.Module` (random weights; no downloads),
+- `target_builder`: `(ImageRecord, height, width) -> target dict` from the Delta rows of one image,
+- `transforms`: `(train: bool, config) -> transforms v2 callable (image, target) -> (image, target)`,
+- `loss`: `(model, batch) -> {"loss": total, ...parts}` in training mode,
+- `metrics`: `model_classes(num_classes) -> torchmetrics.Metric` whose `compute()` gives a dict of scalars, fed by
+  `update_metrics(metric, model, batch)` in eval mode; `monitor` names the one that picks checkpoints.
+
+A user adds a task with `register_task(TaskSpec(...))` from their own code, exactly as the built-in
+ones below are registered; nothing here needs editing. `num_classes` is always the number of
+dataset labels; `model_classes` says how many outputs the model gets (detectors and semantic
+segmenters add a background class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+ModelFactory = Callable[..., torch.nn.Module]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    models: Mapping[str, ModelFactory]
+    default_model: str
+    loss: Callable[[torch.nn.Module, Any], dict]
+    metrics: Callable[[int], Any]
+    update_metrics: Callable[[Any, torch.nn.Module, Any], None]
+    monitor: str  # a key of metrics().compute(), logged as val_<key>
+    target_builder: Callable | None = None
+    transforms: Callable[[bool, dict], Callable] | None = None
+    collate: Callable | None = None
+    mode: str = "max"
+    model_classes: Callable[[int], int] = lambda num_classes: num_classes
+    keep_record: Callable | None = None  # which images a dataset of this task keeps (default: all)
+    build_datasets: Callable | None = None  # (manifest, config) -> (train, val): replaces the default Delta dataset
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # training config defaults for this task
+    model_config_keys: tuple = ()  # training config keys also given to the model factory (e.g. image_size)
+    loss_in_eval: bool = False  # the model also gives its loss in eval mode (logged as val_loss)
+    description: str = ""
+
+    @property
+    def val_monitor(self) -> str:
+        return f"val_{self.monitor}"
+
+    def model_options(self, config: Mapping[str, Any]) -> dict:
+        """Factory keyword arguments from a training config: `model_config_keys` + `model_options`."""
+        options = {key: config[key] for key in self.model_config_keys if config.get(key) is not None}
+        return {**options, **dict(config.get("model_options") or {})}
+
+    def build_model(self, arch: str | None, num_classes: int, pretrained_weights: str | Path | None = None,
+                    **options) -> torch.nn.Module:
+        """The named model with random weights, or loaded from a local file (see `load_pretrained`)."""
+        arch = arch or self.default_model
+        if arch not in self.models:
+            raise ValueError(f"Unknown model {arch!r} for task {self.name!r}; choose one of {sorted(self.models)}")
+        if num_classes < 1:
+            raise ValueError(f"task {self.name!r} needs at least one class, got num_classes={num_classes}")
+        model = self.models[arch](self.model_classes(num_classes), **options)
+        if pretrained_weights:
+            load_pretrained(model, pretrained_weights)
+        return model
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
+    """Make a task available by name to RayTrainer, the job scripts and the assets."""
+    if not isinstance(spec, TaskSpec):
+        raise TypeError(f"register_task takes a TaskSpec, got {type(spec).__name__}")
+    if spec.name in _TASKS and not replace:
+        raise ValueError(f"task {spec.name!r} is already registered; pass replace=True to redefine it")
+    if spec.default_model not in spec.models:
+        raise ValueError(f"task {spec.name!r}: default_model {spec.default_model!r} is not one of {sorted(spec.models)}")
+    if spec.mode not in ("max", "min"):
+        raise ValueError(f"task {spec.name!r}: mode must be 'max' or 'min', got {spec.mode!r}")
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def get_task(task: str | TaskSpec) -> TaskSpec:
+    if isinstance(task, TaskSpec):
+        return task
+    _register_builtins()
+    if task not in _TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {available_tasks()}")
+    return _TASKS[task]
+
+
+def available_tasks() -> list[str]:
+    _register_builtins()
+    return sorted(_TASKS)
+
+
+def build_model(task: str | TaskSpec, arch: str | None, num_classes: int, pretrained_weights=None, **options):
+    return get_task(task).build_model(arch, num_classes, pretrained_weights, **options)
+
+
+def load_pretrained(model: torch.nn.Module, path: str | Path) -> dict:
+    """Load weights from a local file into `model`, keeping what fits.
+
+    Takes a plain state dict (`.pt`/`.pth`), a Lightning checkpoint (`.ckpt`, keys under `model.`),
+    our saved model artifact (`model.pt`), or the directory of an earlier run's Ray checkpoint.
+    Tensors whose shape differs (a new head for another class count) are left at random and
+    listed; a file with no tensor that fits is an error.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.ckpt")) + sorted(path.glob("*.pt"))
+        if not candidates:
+            raise FileNotFoundError(f"pretrained_weights directory {path} holds no .ckpt or .pt file")
+        path = candidates[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained_weights file not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
+    if not isinstance(state, Mapping):
+        raise ValueError(f"pretrained_weights {path} holds no state dict")
+    if any(key.startswith("model.") for key in state):
+        state = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not fitting:
+        raise ValueError(f"pretrained_weights {path}: no tensor fits this model (is it for another architecture?)")
+    model.load_state_dict(fitting, strict=False)
+    skipped = sorted(set(state) - set(fitting))
+    return {"loaded": len(fitting), "skipped": skipped, "random": sorted(set(own) - set(fitting))}
+
+
+_BUILTINS_REGISTERED = False
+
+
+def _register_builtins() -> None:
+    global _BUILTINS_REGISTERED
+    if _BUILTINS_REGISTERED:
+        return
+    _BUILTINS_REGISTERED = True
+    from cv_pipeline.models import builtin_tasks
+
+    for spec in builtin_tasks.BUILTIN_TASKS:
+        _TASKS.setdefault(spec.name, spec)
+
+
+MODEL_ARTIFACT_FORMAT = "cv_pipeline.model/1"
+
+
+def save_model_artifact(path: str | Path, model: torch.nn.Module, *, task: str, arch: str, labels: list[dict],
+                        options: dict | None = None, extra: dict | None = None) -> Path:
+    """A trained model as one file: task, architecture, factory options, label map, weights."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": MODEL_ARTIFACT_FORMAT, "task": task, "arch": arch, "labels": labels,
+                "options": dict(options or {}), "extra": dict(extra or {}),
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def load_model_artifact(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model written by `save_model_artifact` (its task must be registered), in eval mode."""
+    path = Path(path)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_ARTIFACT_FORMAT:
+        raise ValueError(f"{path} is not a cv_pipeline model artifact ({MODEL_ARTIFACT_FORMAT})")
+    spec = get_task(payload["task"])
+    model = spec.build_model(payload["arch"], len(payload["labels"]), **payload["options"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, {k: v for k, v in payload.items() if k != "state_dict"}
