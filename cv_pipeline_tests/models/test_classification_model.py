@@ -16,7 +16,7 @@ from cv_pipeline.models.classification import (
 
 
 def test_unknown_architecture_lists_choices():
-    with pytest.raises(ValueError, match=r"Unknown classifier architecture 'vgg99'; choose one of \['efficientnet_b0'"):
+    with pytest.raises(ValueError, match=r"Unknown classifier architecture 'vgg99'; choose one of \['convnext_tiny', 'efficientnet_b0'"):
         build_classifier("vgg99", 3)
 
 
