@@ -6,12 +6,13 @@ import dagster as dg
 
 from cv_pipeline.defs.evaluation import classifier_evaluation
 from cv_pipeline.defs.ingestion import coco_tables
-from cv_pipeline.defs.jobs import ingest_job, training_job
+from cv_pipeline.defs.jobs import ingest_job, training_job, tuning_job
 from cv_pipeline.defs.registry import challenger_meets_threshold, champion_classifier, registered_classifier
 from cv_pipeline.defs.resources import local_resources
 from cv_pipeline.defs.sensors import landing_batch_sensor, retrain_on_new_data
 from cv_pipeline.defs.serving import serving_endpoint
 from cv_pipeline.defs.training import VISION_MODEL_ASSETS, classifier_model, training_dataset
+from cv_pipeline.defs.tuning import hpo_study
 
 RESOURCES_BY_ENVIRONMENT = {"local": local_resources}
 
@@ -26,10 +27,10 @@ def resources_for(environment: str) -> dict:
 
 
 defs = dg.Definitions(
-    assets=[coco_tables, training_dataset, classifier_model, *VISION_MODEL_ASSETS, classifier_evaluation,
+    assets=[coco_tables, training_dataset, classifier_model, *VISION_MODEL_ASSETS, hpo_study, classifier_evaluation,
             registered_classifier, champion_classifier, serving_endpoint],
     asset_checks=[challenger_meets_threshold],
-    jobs=[ingest_job, training_job],
+    jobs=[ingest_job, training_job, tuning_job],
     sensors=[landing_batch_sensor, retrain_on_new_data],
     resources=resources_for(os.environ.get("CV_PIPELINE_ENV", "local")),
 )

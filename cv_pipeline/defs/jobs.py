@@ -16,3 +16,10 @@ training_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("training", "evaluation", "deployment"),
     description="Build the training dataset, train, evaluate, register, promote and serve the classifier.",
 )
+
+tuning_job = dg.define_asset_job(
+    "tune",
+    selection=dg.AssetSelection.assets("hpo_study"),
+    description="Hyperparameter study of one task (Ray Tune, ASHA); a model asset with use_best_hpo_config "
+                "then trains with the best configuration found.",
+)

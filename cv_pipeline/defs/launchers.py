@@ -11,7 +11,6 @@ The asset does not care where the script runs:
   (`cv_pipeline.jobs.runtime.start_ray`).
 """
 
-from __future__ import annotations
 
 import sys
 from typing import TYPE_CHECKING
@@ -96,13 +95,13 @@ class DatabricksJobLauncher(JobLauncher):
     timeout_seconds: int | None = Field(default=None, description="Cancel the run after this long (default: no limit).")
     poll_interval_seconds: float = Field(default=5.0, description="How often the run's state is polled.")
 
-    def workspace_client(self) -> WorkspaceClient:
+    def workspace_client(self) -> "WorkspaceClient":
         """The Databricks client the submission goes through (tests replace this method)."""
         from databricks.sdk import WorkspaceClient
 
         return WorkspaceClient(host=self.host, token=self.token)
 
-    def pipes_client(self) -> PipesDatabricksClient:
+    def pipes_client(self) -> "PipesDatabricksClient":
         from dagster_databricks import PipesDatabricksClient
 
         return PipesDatabricksClient(client=self.workspace_client(), poll_interval_seconds=self.poll_interval_seconds)
@@ -112,10 +111,10 @@ class DatabricksJobLauncher(JobLauncher):
             raise ValueError(f"Not a Python module name: {module!r}")
         return f"{self.code_path.rstrip('/')}/{module.replace('.', '/')}.py"
 
-    def libraries_spec(self) -> list[compute.Library]:
+    def libraries_spec(self) -> "list[compute.Library]":
         from databricks.sdk.service import compute
 
-        def library(path: str) -> compute.Library:
+        def library(path: str) -> "compute.Library":
             if path.endswith(".whl"):
                 return compute.Library(whl=path)
             if path.endswith(".txt"):
@@ -126,7 +125,7 @@ class DatabricksJobLauncher(JobLauncher):
 
         return [library(path) for path in self.libraries]
 
-    def cluster_spec(self) -> compute.ClusterSpec:
+    def cluster_spec(self) -> "compute.ClusterSpec":
         from databricks.sdk.service import compute
 
         from cv_pipeline.jobs.runtime import RAY_ENV_DEFAULTS, RAY_WORKER_NODES_ENV
@@ -147,7 +146,7 @@ class DatabricksJobLauncher(JobLauncher):
             custom_tags={"cv_pipeline": "job"},
         )
 
-    def submit_task(self, module: str) -> jobs.SubmitTask:
+    def submit_task(self, module: str) -> "jobs.SubmitTask":
         """The task submitted for `module`, before Pipes adds its bootstrap env vars and tags."""
         from databricks.sdk.service import jobs
 

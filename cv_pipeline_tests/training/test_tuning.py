@@ -91,13 +91,20 @@ def test_study_runs_asha_over_ray_train_and_logs_to_mlflow(ingested_lake, ray_se
     from cv_pipeline.training.tuning import run_study, trials_markdown
 
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = mlflow.create_experiment("tuning_test", artifact_location=(tmp_path / "artifacts").as_uri())
     trainer = RayTrainer("resnet18", task="classification", storage_path=tmp_path / "ray")
     study = run_study(
         trainer, {**TINY, "dataset_path": ingested_lake.manifest.table_path},
         {"lr": {"grid": [1e-3, 1e-6, 1e-7]}, "label_smoothing": 0.05},
         num_samples=1, max_epochs=2, grace_period=1, reduction_factor=2,
-        study_name="study_test", mlflow_tracking_uri=tracking_uri,
+        study_name="study_test", mlflow_tracking_uri=tracking_uri, experiment_id=experiment_id,
     )
+
+    # no placement group outlives its trial (ASHA-stopped trials' ones are removed by the study)
+    from ray.util.placement_group import placement_group_table
+
+    assert [group for group in placement_group_table().values() if group["state"] != "REMOVED"] == []
 
     # every trial reported its validation metric every epoch it ran
     assert (study.monitor, study.mode) == ("val_acc", "max")
@@ -127,15 +134,15 @@ def test_study_runs_asha_over_ray_train_and_logs_to_mlflow(ingested_lake, ray_se
     assert all((tmp_path / "ray" / f"study_test-{row['trial_id']}").is_dir() for row in study.trials)
 
     # MLflow: a parent run with the table, the best config and metric; a nested run per trial
-    mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     parent = client.get_run(study.mlflow_run_id)
+    assert parent.info.experiment_id == experiment_id
     assert parent.data.metrics["best_val_acc"] == pytest.approx(study.best_metric)
     assert parent.data.metrics["num_stopped_early"] == 2 and parent.data.params["max_epochs"] == "2"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
         "trials.json", "trials.csv", "best_config.json", "search_space.json"}
-    assert json.loads(client.download_artifacts(parent.info.run_id, "best_config.json", str(tmp_path))) == {"lr": 1e-3}
-    table = mlflow.load_table("trials.json", run_ids=[parent.info.run_id])
+    assert mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/best_config.json") == {"lr": 1e-3}
+    table = client.load_table(experiment_id, "trials.json", run_ids=[parent.info.run_id])
     assert sorted(table["trial_id"]) == sorted(row["trial_id"] for row in study.trials)
     assert sorted(table["stopped_early"]) == [False, True, True]
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
