@@ -58,21 +58,29 @@ def _small_anchors():
     return AnchorGenerator(sizes=((16,), (32,), (64,), (128,), (256,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
 
 
-def fasterrcnn_resnet18_fpn(num_classes: int, image_size: int = 320, **options) -> nn.Module:
+# Fewer sampled anchors, proposals, RoIs and detections than torchvision's COCO settings: a
+# quarter of the RoI-head cost, tuned on the samples (benchmarks/learning.py); any can be overridden.
+SMALL_RCNN_OPTIONS = {"rpn_batch_size_per_image": 64, "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
+                      "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100, "box_detections_per_img": 20}
+
+
+def fasterrcnn_resnet18_fpn(num_classes: int, image_size: int = 160, **options) -> nn.Module:
     from torchvision.models.detection import FasterRCNN
 
+    options = {**SMALL_RCNN_OPTIONS, "box_batch_size_per_image": 64, **options}
     return FasterRCNN(_resnet_fpn("resnet18"), num_classes=num_classes, min_size=image_size, max_size=image_size,
                       rpn_anchor_generator=_small_anchors(), **options)
 
 
-def maskrcnn_resnet18_fpn(num_classes: int, image_size: int = 320, **options) -> nn.Module:
+def maskrcnn_resnet18_fpn(num_classes: int, image_size: int = 160, **options) -> nn.Module:
     from torchvision.models.detection import MaskRCNN
 
+    options = {**SMALL_RCNN_OPTIONS, "box_batch_size_per_image": 32, **options}
     return MaskRCNN(_resnet_fpn("resnet18"), num_classes=num_classes, min_size=image_size, max_size=image_size,
                     rpn_anchor_generator=_small_anchors(), **options)
 
 
-def fcos_resnet18_fpn(num_classes: int, image_size: int = 320, **options) -> nn.Module:
+def fcos_resnet18_fpn(num_classes: int, image_size: int = 160, **options) -> nn.Module:
     from torchvision.models.detection import FCOS
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
@@ -81,7 +89,7 @@ def fcos_resnet18_fpn(num_classes: int, image_size: int = 320, **options) -> nn.
                 max_size=image_size, anchor_generator=anchors, **options)
 
 
-def retinanet_resnet18_fpn(num_classes: int, image_size: int = 320, **options) -> nn.Module:
+def retinanet_resnet18_fpn(num_classes: int, image_size: int = 160, **options) -> nn.Module:
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
@@ -98,6 +106,35 @@ def _torchvision_segmenter(name: str, num_classes: int, **options) -> nn.Module:
     if not name.startswith("lraspp"):
         kwargs.setdefault("aux_loss", False)
     return getattr(segmentation, name)(**kwargs)
+
+
+class SemanticFPN(nn.Module):
+    """Semantic FPN (Kirillov et al., Panoptic FPN): every pyramid level of torchvision's FPN is
+    brought to stride 4 by conv-BN-ReLU blocks and bilinear upsampling, summed, classified per pixel
+    and upsampled to the input; returns `{"out": logits}` like torchvision's segmentation models."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, channels: int = 128, levels: int = 4):
+        super().__init__()
+        self.backbone = backbone
+        self.levels = [str(i) for i in range(levels)]
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(backbone.out_channels, channels, 3, padding=1, bias=False),
+                          nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+            for _ in self.levels)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, images: torch.Tensor) -> dict:
+        features = self.backbone(images)
+        size = features[self.levels[0]].shape[-2:]
+        fused = sum(F.interpolate(head(features[level]), size=size, mode="bilinear", align_corners=False)
+                    for level, head in zip(self.levels, self.heads))
+        logits = F.interpolate(self.classifier(fused), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return {"out": logits}
+
+
+def fpn_resnet18(num_classes: int, channels: int = 128) -> nn.Module:
+    """Semantic FPN head on torchvision's ResNet-18 FPN backbone (the detectors' backbone)."""
+    return SemanticFPN(_resnet_fpn("resnet18"), num_classes, channels=channels)
 
 
 def lraspp_resnet18(num_classes: int, **options) -> nn.Module:
@@ -283,7 +320,7 @@ DETECTION = TaskSpec(
     loss=detection_loss, metrics=detection_metrics, update_metrics=detection_update, monitor="map_50",
     target_builder=_detection_target, transforms=_detection_transforms, collate=_collate_detection,
     model_classes=lambda num_classes: num_classes + 1, model_config_keys=("image_size",),
-    defaults={**_TRAINING_DEFAULTS, "image_size": 320, "epochs": 24, "batch_size": 4, "lr": 1e-3,
+    defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 12, "batch_size": 4, "lr": 5e-4,
               "weight_decay": 1e-4, "warmup_epochs": 1.0},
 )
 INSTANCE_SEGMENTATION = TaskSpec(
@@ -296,15 +333,15 @@ INSTANCE_SEGMENTATION = TaskSpec(
     update_metrics=partial(detection_update, with_masks=True), monitor="segm_map_50",
     target_builder=partial(_detection_target, with_masks=True), transforms=_detection_transforms,
     collate=_collate_detection, model_classes=lambda num_classes: num_classes + 1, model_config_keys=("image_size",),
-    defaults={**_TRAINING_DEFAULTS, "image_size": 320, "epochs": 24, "batch_size": 4, "lr": 1e-3,
+    defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 12, "batch_size": 4, "lr": 5e-4,
               "weight_decay": 1e-4, "warmup_epochs": 1.0},
 )
 SEMANTIC_SEGMENTATION = TaskSpec(
     name="semantic_segmentation",
     description="Semantic segmentation (background + one class per category, crowd pixels ignored); mIoU.",
     models={**{name: partial(_torchvision_segmenter, name) for name in TORCHVISION_SEMANTIC_SEGMENTERS},
-            "lraspp_resnet18": lraspp_resnet18},
-    default_model="lraspp_resnet18",
+            "lraspp_resnet18": lraspp_resnet18, "fpn_resnet18": fpn_resnet18},
+    default_model="fpn_resnet18",
     loss=semantic_loss, metrics=semantic_metrics, update_metrics=semantic_update, monitor="miou",
     target_builder=_semantic_target, transforms=_semantic_transforms, loss_in_eval=True,
     model_classes=lambda num_classes: num_classes + 1,
