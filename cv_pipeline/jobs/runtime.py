@@ -55,6 +55,9 @@ DEFAULT_OBJECT_STORE_BYTES = 256 * 1024**2
 RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_V2_ENABLED": "1",  # Ray Train V2 (the default in 2.60; pinned so a default flip shows)
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",  # no `uv run` re-exec of workers: use this interpreter's env
+    # Ray starts its workers at niceness 15, so on a shared machine (a laptop, a CI runner) any other
+    # busy process starves training: a Train worker was seen at 6% of a core beside one plain loop.
+    "RAY_worker_niceness": "0",
 }
 
 # What start_ray started in this process, so stop_ray only tears down its own: "local" | "spark".
