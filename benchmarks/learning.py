@@ -42,7 +42,7 @@ RECIPES = {
                               {"arch": "maskrcnn_resnet18_fpn", "epochs": 12, "image_size": 160, "batch_size": 4,
                                "lr": 5e-4}),
     "semantic_segmentation": ("miou", "miou", 0.6,
-                              {"arch": "lraspp_resnet18", "epochs": 40, "image_size": 160, "batch_size": 2, "lr": 5e-4}),
+                              {"arch": "fpn_resnet18", "epochs": 30, "image_size": 160, "batch_size": 4, "lr": 1e-3}),
 }
 
 
