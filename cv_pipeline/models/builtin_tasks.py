@@ -345,7 +345,7 @@ SEMANTIC_SEGMENTATION = TaskSpec(
     loss=semantic_loss, metrics=semantic_metrics, update_metrics=semantic_update, monitor="miou",
     target_builder=_semantic_target, transforms=_semantic_transforms, loss_in_eval=True,
     model_classes=lambda num_classes: num_classes + 1,
-    defaults={**_TRAINING_DEFAULTS, "image_size": 256, "epochs": 30, "batch_size": 8, "lr": 2e-3,
+    defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 30, "batch_size": 4, "lr": 1e-3,
               "weight_decay": 1e-4, "warmup_epochs": 1.0},
 )
 
