@@ -776,13 +776,13 @@ def _rle_geometry(index: int, text: bytes, geometry: dict, section: _Section) ->
 
 def _compressed_rle_area(size: list, counts: str) -> float | None:
     """Foreground pixels of a compressed RLE, or None if its runs don't cover exactly h*w pixels."""
-    runs = _decode_rle_counts(counts)
+    runs = decode_rle_counts(counts)
     if runs is None or sum(runs) != size[0] * size[1]:
         return None
     return float(sum(runs[1::2]))
 
 
-def _decode_rle_counts(counts: str) -> list[int] | None:
+def decode_rle_counts(counts: str) -> list[int] | None:
     """COCO's compressed RLE string (pycocotools rleFrString): 6-bit groups, delta-coded from run 3 on."""
     runs: list[int] = []
     position, length = 0, len(counts)

@@ -28,6 +28,7 @@ def load_trained_model(model_path: str | Path):
 def evaluate_model(model_path: str | Path, manifest, split: str = "test", *, batch_size: int = 8,
                    device: str = "cpu", config: dict | None = None) -> dict:
     """The task's metrics of `model_path` on `split` of `manifest` (a DatasetManifest), as floats."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
     from torch.utils.data import DataLoader
 
     from cv_pipeline.training.coco_dataset import CocoDeltaDataset, load_image_records
@@ -50,19 +51,8 @@ def evaluate_model(model_path: str | Path, manifest, split: str = "test", *, bat
         raise ValueError(f"{manifest.table_path}@v{manifest.version} has no {split} samples to evaluate on")
     metric = spec.metrics(spec.model_classes(len(info["labels"]))).to(device)
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=spec.collate):
-        spec.update_metrics(metric, model, _to(batch, device))
+        spec.update_metrics(metric, model, move_data_to_device(batch, device))
     values = metric.compute()
     values = values if isinstance(values, dict) else {spec.monitor: values}
     return {k: float(v) for k, v in values.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
 
-
-def _to(batch, device: str):
-    if device == "cpu":
-        return batch
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch

@@ -224,3 +224,14 @@ def open_job_pipes() -> Iterator[PipesContext]:
         pipes = open_dagster_pipes()
     with pipes:
         yield pipes
+
+
+def run_pipes_job(run, report_metadata) -> None:
+    """The body of every job script's `main()`: Pipes extras -> `run(params, log)` inside a Ray
+    cluster sized by the extras -> `report_metadata(outcome)` as the asset materialization."""
+    with open_job_pipes() as pipes:
+        params = dict(pipes.extras)
+        params.setdefault("ray_storage_path", os.environ.get("CV_PIPELINE_RAY_STORAGE"))
+        with ray_cluster(num_workers=int(params.get("num_workers", 1)), use_gpu=bool(params.get("use_gpu", False))):
+            outcome = run(params, log=pipes.log.info)
+        pipes.report_asset_materialization(metadata=report_metadata(outcome))

@@ -9,7 +9,6 @@ run_name, lineage (tags recorded on the MLflow run: code revision, Dagster run i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -127,14 +126,9 @@ def report_metadata(outcome: dict) -> dict:
 
 
 def main() -> None:
-    from cv_pipeline.jobs.runtime import open_job_pipes, ray_cluster
+    from cv_pipeline.jobs.runtime import run_pipes_job
 
-    with open_job_pipes() as pipes:
-        params = dict(pipes.extras)
-        params.setdefault("ray_storage_path", os.environ.get("CV_PIPELINE_RAY_STORAGE"))
-        with ray_cluster(num_workers=int(params.get("num_workers", 1)), use_gpu=bool(params.get("use_gpu", False))):
-            outcome = run_training(params, log=pipes.log.info)
-        pipes.report_asset_materialization(metadata=report_metadata(outcome))
+    run_pipes_job(run_training, report_metadata)
 
 
 if __name__ == "__main__":

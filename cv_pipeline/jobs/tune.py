@@ -11,7 +11,6 @@ recorded on the study's MLflow run: code revision, Dagster run id).
 
 from __future__ import annotations
 
-import os
 import time
 
 from cv_pipeline.jobs.train import ensure_experiment, lineage_tags
@@ -103,14 +102,9 @@ def report_metadata(outcome: dict) -> dict:
 
 
 def main() -> None:
-    from cv_pipeline.jobs.runtime import open_job_pipes, ray_cluster
+    from cv_pipeline.jobs.runtime import run_pipes_job
 
-    with open_job_pipes() as pipes:
-        params = dict(pipes.extras)
-        params.setdefault("ray_storage_path", os.environ.get("CV_PIPELINE_RAY_STORAGE"))
-        with ray_cluster(num_workers=int(params.get("num_workers", 1)), use_gpu=bool(params.get("use_gpu", False))):
-            outcome = run_tuning(params, log=pipes.log.info)
-        pipes.report_asset_materialization(metadata=report_metadata(outcome))
+    run_pipes_job(run_tuning, report_metadata)
 
 
 if __name__ == "__main__":

@@ -299,6 +299,19 @@ def classification_datasets(manifest, config):
 
 _TRAINING_DEFAULTS = {"optimizer": "adamw", "warmup_epochs": 0.0}
 
+
+def _with_background(num_classes: int) -> int:
+    return num_classes + 1
+
+
+# What detection and instance segmentation share: torchvision's detector API, targets, batching, defaults.
+_DETECTOR_TASK = dict(
+    loss=detection_loss, transforms=_detection_transforms, collate=_collate_detection,
+    model_classes=_with_background, model_config_keys=("image_size",),
+    defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 12, "batch_size": 4, "lr": 5e-4,
+              "weight_decay": 1e-4, "warmup_epochs": 1.0},
+)
+
 CLASSIFICATION = TaskSpec(
     name="classification",
     description="Image classification of object crops (or whole images), cross-entropy; accuracy and macro F1.",
@@ -317,11 +330,8 @@ DETECTION = TaskSpec(
             "fasterrcnn_resnet18_fpn": fasterrcnn_resnet18_fpn, "fcos_resnet18_fpn": fcos_resnet18_fpn,
             "retinanet_resnet18_fpn": retinanet_resnet18_fpn},
     default_model="fasterrcnn_resnet18_fpn",
-    loss=detection_loss, metrics=detection_metrics, update_metrics=detection_update, monitor="map_50",
-    target_builder=_detection_target, transforms=_detection_transforms, collate=_collate_detection,
-    model_classes=lambda num_classes: num_classes + 1, model_config_keys=("image_size",),
-    defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 12, "batch_size": 4, "lr": 5e-4,
-              "weight_decay": 1e-4, "warmup_epochs": 1.0},
+    metrics=detection_metrics, update_metrics=detection_update, monitor="map_50",
+    target_builder=_detection_target, **_DETECTOR_TASK,
 )
 INSTANCE_SEGMENTATION = TaskSpec(
     name="instance_segmentation",
@@ -329,12 +339,9 @@ INSTANCE_SEGMENTATION = TaskSpec(
     models={**{name: partial(_torchvision_detector, name) for name in TORCHVISION_INSTANCE_SEGMENTERS},
             "maskrcnn_resnet18_fpn": maskrcnn_resnet18_fpn},
     default_model="maskrcnn_resnet18_fpn",
-    loss=detection_loss, metrics=partial(detection_metrics, iou_types=("bbox", "segm")),
+    metrics=partial(detection_metrics, iou_types=("bbox", "segm")),
     update_metrics=partial(detection_update, with_masks=True), monitor="segm_map_50",
-    target_builder=partial(_detection_target, with_masks=True), transforms=_detection_transforms,
-    collate=_collate_detection, model_classes=lambda num_classes: num_classes + 1, model_config_keys=("image_size",),
-    defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 12, "batch_size": 4, "lr": 5e-4,
-              "weight_decay": 1e-4, "warmup_epochs": 1.0},
+    target_builder=partial(_detection_target, with_masks=True), **_DETECTOR_TASK,
 )
 SEMANTIC_SEGMENTATION = TaskSpec(
     name="semantic_segmentation",
@@ -344,7 +351,7 @@ SEMANTIC_SEGMENTATION = TaskSpec(
     default_model="fpn_resnet18",
     loss=semantic_loss, metrics=semantic_metrics, update_metrics=semantic_update, monitor="miou",
     target_builder=_semantic_target, transforms=_semantic_transforms, loss_in_eval=True,
-    model_classes=lambda num_classes: num_classes + 1,
+    model_classes=_with_background,
     defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 30, "batch_size": 4, "lr": 1e-3,
               "weight_decay": 1e-4, "warmup_epochs": 1.0},
 )

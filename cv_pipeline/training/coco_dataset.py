@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
+from cv_pipeline.data.coco import decode_rle_counts
 from cv_pipeline.data.delta_io import read_table
 from cv_pipeline.training.dataset import SPLITS, DatasetManifest, assign_split
 
@@ -155,30 +156,6 @@ def _numpy(table: pa.Table, name: str, dtype) -> np.ndarray:
 # --------------------------------------------------------------------------------------- masks
 
 
-def _rle_string_counts(text: str) -> list[int]:
-    """Run lengths of a compressed COCO RLE string (pycocotools' rleFrString, which does not check)."""
-    counts: list[int] = []
-    p, n = 0, len(text)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError("truncated run")
-            c = ord(text[p]) - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"character {text[p]!r} is not in the RLE alphabet")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
 def _to_rle(segmentation: Any, height: int, width: int) -> dict:
     """One merged RLE (pycocotools) of a polygon list, uncompressed or compressed RLE; ValueError if invalid."""
     from pycocotools import mask as mask_utils
@@ -204,8 +181,11 @@ def _to_rle(segmentation: Any, height: int, width: int) -> dict:
             return mask_utils.frPyObjects(segmentation, height, width)
         if isinstance(counts, (str, bytes)):
             text = counts.decode("ascii") if isinstance(counts, bytes) else counts
-            runs = _rle_string_counts(text)
-            if any(c < 0 for c in runs) or sum(runs) != height * width:
+            runs = decode_rle_counts(text)  # ingestion's decoder: None when the string is malformed
+            if runs is None:
+                raise ValueError("compressed RLE counts are not a valid run string in COCO's RLE alphabet "
+                                 "(bad character, truncated, or a negative run)")
+            if sum(runs) != height * width:
                 raise ValueError(f"compressed RLE runs must be non-negative and sum to {height * width}")
             return {"size": size, "counts": text.encode("ascii")}
     raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
