@@ -11,6 +11,8 @@ _PUBLIC = {
     "COCOProcessor": "cv_pipeline.data.processor",
     "RayTrainer": "cv_pipeline.training.ray_trainer",
     "ClassificationMetrics": "cv_pipeline.evaluation.metrics",
+    "DetectionMetrics": "cv_pipeline.evaluation.coco_eval",
+    "SegmentationMetrics": "cv_pipeline.evaluation.segmentation_metrics",
     "DeploymentPipeline": "cv_pipeline.deployment.pipeline",
 }
 

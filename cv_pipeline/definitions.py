@@ -4,10 +4,11 @@ import os
 
 import dagster as dg
 
-from cv_pipeline.defs.evaluation import classifier_evaluation
+from cv_pipeline.defs.evaluation import VISION_EVALUATION_ASSETS, classifier_evaluation
 from cv_pipeline.defs.ingestion import coco_tables
 from cv_pipeline.defs.jobs import ingest_job, training_job, tuning_job
-from cv_pipeline.defs.registry import challenger_meets_threshold, champion_classifier, registered_classifier
+from cv_pipeline.defs.registry import (challenger_beats_champion, champion_classifier, model_comparison,
+                                      registered_classifier)
 from cv_pipeline.defs.resources import local_resources
 from cv_pipeline.defs.sensors import landing_batch_sensor, retrain_on_new_data
 from cv_pipeline.defs.serving import serving_endpoint
@@ -28,8 +29,8 @@ def resources_for(environment: str) -> dict:
 
 defs = dg.Definitions(
     assets=[coco_tables, training_dataset, classifier_model, *VISION_MODEL_ASSETS, hpo_study, classifier_evaluation,
-            registered_classifier, champion_classifier, serving_endpoint],
-    asset_checks=[challenger_meets_threshold],
+            *VISION_EVALUATION_ASSETS, registered_classifier, model_comparison, champion_classifier, serving_endpoint],
+    asset_checks=[challenger_beats_champion],
     jobs=[ingest_job, training_job, tuning_job],
     sensors=[landing_batch_sensor, retrain_on_new_data],
     resources=resources_for(os.environ.get("CV_PIPELINE_ENV", "local")),

@@ -52,6 +52,13 @@ def ray_storage_dir() -> Path:
     return cv_pipeline_home() / "ray_results"
 
 
+def reports_dir() -> Path:
+    """Where evaluation reports (self-contained HTML) are written."""
+    path = cv_pipeline_home() / "reports"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def serving_dir() -> Path:
     path = cv_pipeline_home() / "serving"
     path.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,8 @@ from cv_pipeline.training.dataset import load_split
 def test_cli_run_materializes_the_whole_graph_and_serves(capsys, monkeypatch):
     from cv_pipeline.cli import main
 
-    # 8 epochs keep CI short; the promotion bar is lowered to match, the check itself runs for real.
-    monkeypatch.setenv("CV_PIPELINE_MIN_ACCURACY", "0.4")
-    monkeypatch.setenv("CV_PIPELINE_MIN_MACRO_F1", "0.3")
+    # 8 epochs keep CI short; the promotion bar is lowered to match, the comparison runs for real.
+    monkeypatch.setenv("CV_PIPELINE_PROMOTION_THRESHOLD", "0.4")
     server = LocalModelServer(settings.serving_dir())
     try:
         # the detection and segmentation models train for real but briefly (their learning is
@@ -31,7 +30,8 @@ def test_cli_run_materializes_the_whole_graph_and_serves(capsys, monkeypatch):
         assert re.search(r"checks      (\d+)/\1 passed", out), out
         for expected in ("batch batch_0001: ok", "batch batch_0002: ok",
                          "registered model   cv_pipeline_classifier version 1 alias challenger",
-                         "check              challenger_meets_threshold: passed",
+                         "model_comparison   promote: ", "check              challenger_beats_champion: passed",
+                         "detection_evaluation map_50=", "semantic_segmentation_evaluation miou=",
                          "champion           cv_pipeline_classifier version 1", "serving            http://127.0.0.1:",
                          "sample prediction", "detection_model    MLflow run", "instance_segmentation_model MLflow run",
                          "semantic_segmentation_model MLflow run"):

@@ -35,14 +35,14 @@ def replace_batch(df, path: str | Path, batch_id: str) -> int:
     return _write(df, str(path), "overwrite", f"batch_id = '{batch_id}'")
 
 
-def append_rows(df, path: str | Path) -> int:
-    """Append rows (Spark DataFrame or pyarrow Table) to a table partitioned by `batch_id`."""
-    return _write(df, str(path), "append", None)
+def append_rows(df, path: str | Path, partition_by: tuple[str, ...] = ("batch_id",)) -> int:
+    """Append rows (Spark DataFrame or pyarrow Table) to a table (partitioned by `batch_id` unless told)."""
+    return _write(df, str(path), "append", None, partition_by)
 
 
-def _write(df, path: str, mode: str, predicate: str | None) -> int:
+def _write(df, path: str, mode: str, predicate: str | None, partition_by: tuple[str, ...] = ("batch_id",)) -> int:
     """One commit with delta-rs (Arrow) or delta-spark (DataFrame); a new table is partitioned by
-    batch_id, an existing one gains new columns (schema merge) instead of failing."""
+    `partition_by`, an existing one gains new columns (schema merge) instead of failing."""
     exists = is_delta_table(path)
     if _is_arrow(df):
         from deltalake import write_deltalake
@@ -50,11 +50,11 @@ def _write(df, path: str, mode: str, predicate: str | None) -> int:
         if exists:
             write_deltalake(path, df, mode=mode, predicate=predicate, schema_mode="merge")
         else:
-            write_deltalake(path, df, mode=mode, partition_by=["batch_id"])
+            write_deltalake(path, df, mode=mode, partition_by=list(partition_by) or None)
     else:
         writer = df.write.format("delta").mode(mode).option("mergeSchema", "true")
-        if not exists:
-            writer = writer.partitionBy("batch_id")
+        if not exists and partition_by:
+            writer = writer.partitionBy(*partition_by)
         elif predicate:
             writer = writer.option("replaceWhere", predicate)
         writer.save(path)

@@ -1,5 +1,6 @@
-"""Registry: each trained model becomes an MLflow version aliased `challenger`; it moves to
-`champion` only once the blocking metrics check has passed."""
+"""Registry: each trained model becomes an MLflow version aliased `challenger`; `model_comparison`
+scores it against the `champion` on the same pinned test set, and the alias moves only when that
+comparison's blocking check passes."""
 
 
 import dagster as dg
@@ -45,26 +46,82 @@ def registered_classifier(context: dg.AssetExecutionContext, mlflow: MLflowResou
     })
 
 
-@dg.asset_check(asset=registered_classifier, blocking=True,
-                description="The challenger clears the promotion policy's accuracy and macro-F1 thresholds.")
-def challenger_meets_threshold(context: dg.AssetCheckExecutionContext,
-                               promotion: PromotionPolicy) -> dg.AssetCheckResult:
+@dg.asset(
+    deps=[registered_classifier],
+    group_name="deployment",
+    kinds={"mlflow"},
+    description="The challenger against the current champion on the same pinned test set: the primary "
+                "metric of both, a paired bootstrap interval of the difference over images, and the decision.",
+)
+def model_comparison(context: dg.AssetExecutionContext, mlflow: MLflowResource,
+                     promotion: PromotionPolicy) -> dg.MaterializeResult:
+    from cv_pipeline.deployment.registry import CHAMPION
+    from cv_pipeline.evaluation.classification_report import evaluate_classifier
+    from cv_pipeline.evaluation.model_comparison import compare, scored_classifier
+
     registered = latest_metadata(context, "registered_classifier")
-    accuracy, macro_f1 = float(registered["accuracy"]), float(registered["macro_f1"])
-    passed = accuracy >= promotion.min_accuracy and macro_f1 >= promotion.min_macro_f1
+    evaluation = latest_metadata(context, "classifier_evaluation")
+    dataset = latest_metadata(context, "training_dataset")
+    registry = mlflow.registry()
+    policy = promotion.comparison_policy()
+    dataset_version = int(evaluation["dataset_version"])
+    challenger_version = str(registered["version"])
+    champion_version = registry.version_for_alias(mlflow.model_name, CHAMPION)
+    if champion_version == challenger_version:
+        champion_version = None
+
+    def scored(version: str):
+        result = evaluate_classifier(registry.model_uri(mlflow.model_name, version), dataset["path"], dataset_version,
+                                     tracking_uri=mlflow.tracking_uri)
+        return scored_classifier(result.predictions, result.ground_truth, result.image_keys,
+                                 len(result.class_names), policy.metric)
+
+    comparison = compare(scored(challenger_version), scored(champion_version) if champion_version else None, policy)
+    decision = comparison.decision
+    metadata = {
+        "decision": decision.action,
+        "reason": decision.reason,
+        "metric": policy.metric,
+        "challenger_version": challenger_version,
+        "champion_version": champion_version or "none",
+        f"challenger_{policy.metric}": comparison.challenger_value,
+        "threshold": policy.threshold,
+        "margin": policy.margin,
+        "dataset_version": dataset_version,
+        "test_images": comparison.n_images,
+    }
+    if comparison.bootstrap is not None:
+        bootstrap = comparison.bootstrap
+        metadata.update({
+            f"champion_{policy.metric}": comparison.champion_value,
+            "difference": bootstrap.observed_difference,
+            "interval_low": bootstrap.interval[0],
+            "interval_high": bootstrap.interval[1],
+            "confidence": bootstrap.confidence,
+            "n_resamples": bootstrap.n_resamples,
+        })
+    context.log.info(f"model_comparison: {decision.action}: {decision.reason}")
+    return dg.MaterializeResult(metadata={**metadata, "comparison": dg.MetadataValue.json(comparison.as_dict())})
+
+
+@dg.asset_check(asset=model_comparison, blocking=True,
+                description="The comparison decided to promote: the challenger clears the threshold and beats the "
+                            "champion by more than the margin at the interval's lower bound. Gates the alias move.")
+def challenger_beats_champion(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    comparison = latest_metadata(context, "model_comparison")
+    passed = comparison["decision"] == "promote"
+    keys = ("decision", "metric", "challenger_version", "champion_version", "threshold", "margin", "interval_low",
+            "interval_high")
     return dg.AssetCheckResult(
         passed=passed,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"version": registered["version"], "accuracy": accuracy, "macro_f1": macro_f1,
-                  "min_accuracy": promotion.min_accuracy, "min_macro_f1": promotion.min_macro_f1},
-        description=None if passed else (
-            f"version {registered['version']}: accuracy {accuracy:.3f} (needs {promotion.min_accuracy}) and "
-            f"macro F1 {macro_f1:.3f} (needs {promotion.min_macro_f1})"),
+        metadata={k: comparison[k] for k in keys if k in comparison},
+        description=comparison["reason"],
     )
 
 
 @dg.asset(
-    deps=[registered_classifier],
+    deps=[model_comparison],
     group_name="deployment",
     kinds={"mlflow"},
     description="The registered model's `champion` alias, moved to the challenger that passed its check.",

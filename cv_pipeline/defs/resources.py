@@ -51,10 +51,22 @@ class MLflowResource(dg.ConfigurableResource):
 
 
 class PromotionPolicy(dg.ConfigurableResource):
-    """The rule a challenger must pass to become champion."""
+    """The rule a challenger must pass to become champion: its `metric` on the test set at least
+    `threshold`, and the paired-bootstrap interval of challenger - champion above `margin` at its
+    lower bound (with no champion yet, the threshold alone)."""
 
-    min_accuracy: float = 0.6
-    min_macro_f1: float = 0.5
+    metric: str = "accuracy"
+    threshold: float = 0.6
+    margin: float = 0.0
+    n_resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def comparison_policy(self):
+        from cv_pipeline.evaluation.model_comparison import ComparisonPolicy
+
+        return ComparisonPolicy(metric=self.metric, threshold=self.threshold, margin=self.margin,
+                                n_resamples=self.n_resamples, confidence=self.confidence, seed=self.seed)
 
 
 class IngestionPolicy(dg.ConfigurableResource):
@@ -99,8 +111,9 @@ def local_resources() -> dict:
         "mlflow": MLflowResource(tracking_uri=settings.mlflow_tracking_uri(),
                                  artifact_root=str(settings.mlflow_artifact_root())),
         "promotion": PromotionPolicy(
-            min_accuracy=float(os.environ.get("CV_PIPELINE_MIN_ACCURACY", 0.6)),
-            min_macro_f1=float(os.environ.get("CV_PIPELINE_MIN_MACRO_F1", 0.5)),
+            metric=os.environ.get("CV_PIPELINE_PROMOTION_METRIC", "accuracy"),
+            threshold=float(os.environ.get("CV_PIPELINE_PROMOTION_THRESHOLD", 0.6)),
+            margin=float(os.environ.get("CV_PIPELINE_PROMOTION_MARGIN", 0.0)),
         ),
         "serving": ServingResource(state_dir=str(settings.serving_dir())),
         "ingestion": IngestionPolicy(

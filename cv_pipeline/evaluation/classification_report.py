@@ -15,6 +15,11 @@ class ClassificationEvaluation:
     num_images: int
     predictions: list[int]
     ground_truth: list[int]
+    objects: list[dict]  # per test object, in prediction order: batch_id, image_id, annotation_id, score
+
+    @property
+    def image_keys(self) -> list[tuple[str, int]]:
+        return [(o["batch_id"], o["image_id"]) for o in self.objects]
 
 
 def evaluate_classifier(model_uri: str, dataset_path: str, dataset_version: int, split: str = "test",
@@ -43,14 +48,18 @@ def evaluate_classifier(model_uri: str, dataset_path: str, dataset_version: int,
     encoded = [""] * len(rows)
     for index, crop in iter_row_crops(rows):
         encoded[index] = encode_image(crop)
-    predicted = []
+    predicted, scores = [], []
     for start in range(0, len(encoded), batch_size):
         frame = model.predict(pd.DataFrame({"image": encoded[start:start + batch_size]}))
         predicted.extend(index_of[int(c)] for c in frame["category_id"])
+        scores.extend(float(s) for s in frame["score"])
     truth = [int(row["label"]) for row in rows]
     metrics = ClassificationMetrics(num_classes=len(names), class_names=names).compute_metrics(
         np.asarray(predicted), np.asarray(truth))
     png = confusion_matrix_png(metrics["confusion_matrix"], names, title=f"Confusion matrix ({split}, {len(rows)} objects)")
     return ClassificationEvaluation(metrics=metrics, confusion_png=png, class_names=names,
                                     num_images=len({(r["batch_id"], r["image_id"]) for r in rows}),
-                                    predictions=predicted, ground_truth=truth)
+                                    predictions=predicted, ground_truth=truth,
+                                    objects=[{"batch_id": r["batch_id"], "image_id": int(r["image_id"]),
+                                              "annotation_id": int(r["annotation_id"]), "score": score}
+                                             for r, score in zip(rows, scores)])

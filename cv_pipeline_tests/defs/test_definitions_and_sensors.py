@@ -18,16 +18,18 @@ def test_definitions_load():
     assert keys == {"coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "coco_batches",
                     "coco_quality_metrics", "training_dataset",
                     "classifier_model", "detection_model", "instance_segmentation_model",
-                    "semantic_segmentation_model", "hpo_study", "classifier_evaluation", "registered_classifier",
-                    "champion_classifier", "serving_endpoint"}
+                    "semantic_segmentation_model", "hpo_study", "classifier_evaluation", "detection_evaluation",
+                    "instance_segmentation_evaluation", "semantic_segmentation_evaluation", "registered_classifier",
+                    "model_comparison", "champion_classifier", "serving_endpoint"}
     assert defs.resolve_job_def("ingest_batch").partitions_def == landing_batches
     trained = {key.to_user_string() for key in defs.resolve_job_def("train_and_deploy").asset_layer.selected_asset_keys}
-    assert {"classifier_model", "detection_model", "semantic_segmentation_model"} <= trained
+    assert {"classifier_model", "detection_model", "semantic_segmentation_model", "detection_evaluation",
+            "model_comparison"} <= trained
     assert "hpo_study" not in trained  # tuning is its own job
     assert {key.to_user_string() for key in defs.resolve_job_def("tune").asset_layer.selected_asset_keys} == {"hpo_study"}
     assert {s.name for s in defs.sensors} == {"landing_batch_sensor", "retrain_on_new_data"}
     checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
-    assert {"annotations_unique_ids", "annotations_bbox_inside_image", "challenger_meets_threshold"} <= checks
+    assert {"annotations_unique_ids", "annotations_bbox_inside_image", "challenger_beats_champion"} <= checks
 
 
 def test_unknown_environment_is_refused():
