@@ -102,7 +102,8 @@ def classifier_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
     ])
     published = publish_evaluation(
         context, lake, mlflow, task="classification", mlflow_run_id=trained["mlflow_run_id"],
-        model_name=trained["model_uri"], dataset_version=int(trained["dataset_version"]), split="test",
+        model_name=f"classifier_model:{trained.get('arch', 'classifier')}",
+        dataset_version=int(trained["dataset_version"]), split="test",
         metrics=headline, per_image=per_image, per_class=per_class, plots={"confusion_matrix": evaluation.confusion_png},
         html=html)
     per_class_md = markdown_table(metrics["per_class"], ["name", "precision", "recall", "f1", "support"])
@@ -147,7 +148,8 @@ def evaluation_asset(task: str, model, name: str, description: str):
             "COCO statistics use every detection; the error analysis only those scoring at least "
             f"{config.error_min_score}."])
         published = publish_evaluation(
-            context, lake, mlflow, task=task, mlflow_run_id=trained["mlflow_run_id"], model_name=trained["model_uri"],
+            context, lake, mlflow, task=task, mlflow_run_id=trained["mlflow_run_id"],
+            model_name=f"{model_name}:{trained['arch']}",
             dataset_version=int(trained["dataset_version"]), split=config.split, metrics=evaluation.metrics,
             per_image=evaluation.per_image, per_class=evaluation.per_class, plots=evaluation.plots, html=html)
         columns = [c for c in ("class_name", "num_gt", "ap", "ap50", "recall", "iou", "tp", "fp", "missed")

@@ -208,9 +208,29 @@ def detection_update(metric, model, batch, with_masks: bool = False) -> None:
 
 
 def semantic_loss(model, batch, config) -> dict:
+    """Pixel cross-entropy, plus `dice_weight` x soft Dice loss (mean over classes): the Dice term
+    weighs every class equally, as mIoU does, where cross-entropy is dominated by background."""
     images, target = batch
     logits = model(images)["out"]
-    return {"loss": F.cross_entropy(logits, target["mask"].long(), ignore_index=int(config.get("ignore_index", 255)))}
+    mask = target["mask"].long()
+    ignore_index = int(config.get("ignore_index", 255))
+    parts = {"ce_loss": F.cross_entropy(logits, mask, ignore_index=ignore_index)}
+    dice_weight = float(config.get("dice_weight", 0.0))
+    if dice_weight:
+        parts["dice_loss"] = soft_dice_loss(logits, mask, ignore_index)
+    return {"loss": parts["ce_loss"] + dice_weight * parts.get("dice_loss", 0.0), **parts}
+
+
+def soft_dice_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0):
+    """1 - mean over classes of the soft Dice coefficient between softmax(logits) and the one-hot
+    mask, over the pixels that are not `ignore_index`."""
+    valid = (mask != ignore_index).unsqueeze(1)
+    probs = logits.float().softmax(dim=1) * valid
+    onehot = F.one_hot(mask.where(valid.squeeze(1), 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    dims = (0, 2, 3)
+    intersection = (probs * onehot).sum(dims)
+    dice = (2 * intersection + smooth) / (probs.sum(dims) + onehot.sum(dims) + smooth)
+    return 1 - dice.mean()
 
 
 def semantic_metrics(num_classes: int, ignore_index: int = 255):
@@ -260,7 +280,7 @@ def _detection_transforms(train, config):
 def _semantic_transforms(train, config):
     from cv_pipeline.training.coco_dataset import semantic_transforms
 
-    return semantic_transforms(train, int(config.get("image_size", 256)))
+    return semantic_transforms(train, int(config.get("image_size", 256)), str(config.get("augment", "dihedral")))
 
 
 def _classification_transforms(train, config):

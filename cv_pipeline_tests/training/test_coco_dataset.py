@@ -26,6 +26,7 @@ from cv_pipeline.training.coco_dataset import (
     load_image_records,
     segmentation_to_mask,
     semantic_target,
+    semantic_transforms,
 )
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -185,6 +186,27 @@ def test_horizontal_flip_moves_boxes_and_masks_together(records):
     for mask, box in zip(target["masks"], target["boxes"]):  # the flipped box still bounds the flipped mask
         _assert_box_bounds_mask(box, mask)
     assert torch.equal(target["labels"], plain[1]["labels"]) and len(target["area"]) == len(target["labels"])
+
+
+def test_semantic_augmentation_keeps_labels_on_their_pixels(records):
+    """Crops, quarter turns and colour changes move image and mask together and never invent a label."""
+    from cv_pipeline.models.builtin_tasks import soft_dice_loss
+
+    record = next(r for r in records["train"] if (r.iscrowd == 0).sum() >= 2)
+    dataset = CocoDeltaDataset([record], semantic_target, semantic_transforms(True, 96))
+    plain = CocoDeltaDataset([record], semantic_target, semantic_transforms(False, 96))[0][1]["mask"]
+    torch.manual_seed(0)
+    for _ in range(8):
+        image, target = dataset[0]
+        mask = target["mask"].as_subclass(torch.Tensor)
+        assert image.shape == (3, 96, 96) and mask.shape == (96, 96)
+        assert set(mask.unique().tolist()) <= set(plain.unique().tolist())  # nearest, no blended labels
+    with pytest.raises(ValueError, match="unknown semantic augmentation 'heavy'"):
+        semantic_transforms(True, 96, "heavy")
+
+    mask = plain.as_subclass(torch.Tensor).long()[None]
+    perfect = torch.nn.functional.one_hot(mask.clamp(max=6), 7).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(perfect, mask) < 0.05 < soft_dice_loss(-perfect, mask)
 
 
 def test_images_from_stored_bytes_and_size_mismatch(records):
