@@ -7,9 +7,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
+
+if TYPE_CHECKING:
+    from cv_pipeline.training.dataset import DatasetManifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = REPO_ROOT / "data_samples"
@@ -39,7 +42,7 @@ INGESTED_TABLES = ("coco_images", "coco_annotations", "coco_categories")
 
 class IngestedLake(NamedTuple):
     lake_dir: Path
-    manifest: "DatasetManifest"  # noqa: F821 - cv_pipeline.training.dataset, imported lazily
+    manifest: "DatasetManifest"
 
 
 @pytest.fixture(scope="session")

@@ -83,7 +83,6 @@ def classifier_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
     evaluation = evaluate_classifier(trained["model_uri"], dataset["path"], int(trained["dataset_version"]),
                                      tracking_uri=mlflow.tracking_uri)
     metrics = evaluation.metrics
-    names = evaluation.class_names
     headline = {key: float(metrics[key]) for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
                                                      "f1_micro", "f1_weighted")}
     per_image = [{"batch_id": o["batch_id"], "image_id": o["image_id"], "annotation_id": o["annotation_id"],
