@@ -45,7 +45,7 @@ RECIPES = {
                               {"arch": "maskrcnn_resnet18_fpn", "epochs": 12, "image_size": 160, "batch_size": 4,
                                "lr": 5e-4}),
     "semantic_segmentation": ("miou", "miou", 0.6,
-                              {"arch": "fpn_resnet18", "epochs": 20, "image_size": 160, "batch_size": 4, "lr": 1e-3,
+                              {"arch": "fpn_resnet18", "epochs": 30, "image_size": 160, "batch_size": 4, "lr": 1e-3,
                                "pretrained_from": "detection"}),
 }
 # From scratch, semantic FPN on 150 images either memorises them (flips only: train loss 0.05, test
