@@ -79,6 +79,10 @@ class SegmentationMetrics:
         counts, _ = self._accumulate(pred_masks, gt_masks, None)
         return counts
 
+    def counts_and_confusion(self, pred_masks: Any, gt_masks: Any) -> tuple[SegmentationCounts, np.ndarray]:
+        """`per_image_counts` and the confusion matrix from one pass over the masks."""
+        return self._accumulate(pred_masks, gt_masks, None)
+
     def compute_metrics(self, pred_masks: Any, gt_masks: Any, image_weights: Any = None) -> dict[str, Any]:
         """Metrics of predicted against ground-truth masks, as a JSON-serialisable dict.
 

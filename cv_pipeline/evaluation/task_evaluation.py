@@ -119,21 +119,22 @@ def _detection(predictions: SplitPredictions, overlays: int, error_min_score: fl
     counts = errors.counts()
     metrics.update({"num_predictions": float(len(results)), "num_images": float(len(truth["images"]))})
 
-    precision = summaries[main]["precision"]  # (T, R, K, A, M)
+    precision = summaries[main]["precision"][:, :, :, 0, -1]  # (T, R, K): area all, most detections
     thresholds = main_evaluation.iou_thresholds
+
+    def ap_at(threshold: float, k: int) -> float | None:
+        hit = np.flatnonzero(np.isclose(thresholds, threshold))
+        values = precision[hit[0], :, k] if hit.size else np.array([-1.0])
+        return float(values.mean()) if (values > -1).all() else None
+
     per_class_errors = {row["class_id"]: row for row in errors.per_class_rows()}
+    recalls = summaries[main][f"mar_{main_evaluation.max_detections[-1]}_per_class"]
     per_class = []
     for k, category_id in enumerate(summaries[main]["classes"]):
-        def ap_at(threshold, k=k):
-            hit = np.flatnonzero(np.isclose(thresholds, threshold))
-            values = precision[hit[0], :, k, 0, -1] if hit.size else np.array([-1.0])
-            return float(values.mean()) if (values > -1).all() else None
-        ap = summaries[main]["map_per_class"][k]
-        recall = summaries[main][f"mar_{main_evaluation.max_detections[-1]}_per_class"][k]
-        row = {**per_class_errors.get(category_id, {"class_id": category_id, "class_name": names[category_id]}),
-               "ap": None if ap < 0 else float(ap), "ap50": ap_at(0.5), "ap75": ap_at(0.75),
-               "recall": None if recall < 0 else float(recall)}
-        per_class.append(row)
+        ap, recall = summaries[main]["map_per_class"][k], recalls[k]
+        per_class.append({**per_class_errors.get(category_id, {"class_id": category_id, "class_name": names[category_id]}),
+                          "ap": None if ap < 0 else float(ap), "ap50": ap_at(0.5, k), "ap75": ap_at(0.75, k),
+                          "recall": None if recall < 0 else float(recall)})
 
     image_rows = _image_rows(predictions)
     by_id = {row["image_id"]: row for row in errors.per_image()}  # evaluation ids 1..N
@@ -198,9 +199,8 @@ def _semantic(predictions: SplitPredictions, overlays: int) -> TaskEvaluation:
 
     names = ["background", *predictions.class_names]
     scorer = SegmentationMetrics(len(names), ignore_index=255, class_names=names)
-    counts = scorer.per_image_counts(predictions.pred_masks, predictions.gt_masks)
+    counts, confusion = scorer.counts_and_confusion(predictions.pred_masks, predictions.gt_masks)
     summary = scorer.summary_from_counts(counts)
-    confusion = scorer.compute_metrics(predictions.pred_masks, predictions.gt_masks)["confusion_matrix"]
     metrics = {"miou": float(summary["miou"]), "dice": float(summary["dice"]),
                "pixel_accuracy": float(summary["pixel_accuracy"]),
                "frequency_weighted_iou": float(summary["frequency_weighted_iou"]),
