@@ -42,14 +42,19 @@ def _torchvision_detector(name: str, num_classes: int, image_size: int | None = 
     return getattr(detection, name)(**kwargs)
 
 
-def _resnet_fpn(backbone_name: str, *, p6p7: bool = False):
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+def _resnet_fpn(backbone_name: str, *, p6p7: bool = False, fpn_channels: int = 256):
+    """torchvision's `resnet_fpn_backbone` (every layer trainable, plain BatchNorm), with the FPN's
+    width as a parameter: P2-P5 + max-pooled P6, or P3-P5 + P6/P7 (RetinaNet, FCOS)."""
+    from torchvision.models import resnet
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-    if p6p7:  # RetinaNet/FCOS: P3-P7
-        return resnet_fpn_backbone(backbone_name=backbone_name, weights=None, norm_layer=nn.BatchNorm2d,
-                                   trainable_layers=5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
-    return resnet_fpn_backbone(backbone_name=backbone_name, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
+    body = getattr(resnet, backbone_name)(weights=None, norm_layer=nn.BatchNorm2d)
+    returned = [2, 3, 4] if p6p7 else [1, 2, 3, 4]
+    stage2 = body.inplanes // 8  # channels of layer1 (64 for ResNet-18/34, 256 with bottlenecks)
+    return BackboneWithFPN(body, {f"layer{k}": str(i) for i, k in enumerate(returned)},
+                           [stage2 * 2 ** (k - 1) for k in returned], fpn_channels,
+                           extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels) if p6p7 else LastLevelMaxPool())
 
 
 def _small_anchors():
@@ -62,22 +67,43 @@ def _small_anchors():
 # quarter of the RoI-head cost, tuned on the samples (benchmarks/learning.py); any can be overridden.
 SMALL_RCNN_OPTIONS = {"rpn_batch_size_per_image": 64, "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
                       "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100, "box_detections_per_img": 20}
+# Narrower than torchvision's (256-channel FPN, 1024-wide box head, 256-channel mask head), where
+# a 160-px step spends its time: the stride-4 FPN output and RPN 3x3 convolutions cost more than
+# the ResNet-18 itself at 256 channels, and the mask head (~0.46 GMAC per positive RoI) more than
+# everything else together. At 128/512/64 a Mask R-CNN step needs about a quarter of the MACs
+# (benchmarks/learning.py measures what that does to the learning goals).
+FPN_CHANNELS, BOX_HEAD_WIDTH, MASK_HEAD_CHANNELS = 128, 512, 64
 
 
-def fasterrcnn_resnet18_fpn(num_classes: int, image_size: int = 160, **options) -> nn.Module:
+def _rcnn_heads(num_classes: int, fpn_channels: int, representation_size: int) -> dict:
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+    return {"num_classes": None, "box_head": TwoMLPHead(fpn_channels * 7 * 7, representation_size),
+            "box_predictor": FastRCNNPredictor(representation_size, num_classes)}
+
+
+def fasterrcnn_resnet18_fpn(num_classes: int, image_size: int = 160, fpn_channels: int = FPN_CHANNELS,
+                            representation_size: int = BOX_HEAD_WIDTH, **options) -> nn.Module:
     from torchvision.models.detection import FasterRCNN
 
     options = {**SMALL_RCNN_OPTIONS, "box_batch_size_per_image": 64, **options}
-    return FasterRCNN(_resnet_fpn("resnet18"), num_classes=num_classes, min_size=image_size, max_size=image_size,
-                      rpn_anchor_generator=_small_anchors(), **options)
+    return FasterRCNN(_resnet_fpn("resnet18", fpn_channels=fpn_channels), min_size=image_size, max_size=image_size,
+                      rpn_anchor_generator=_small_anchors(),
+                      **_rcnn_heads(num_classes, fpn_channels, representation_size), **options)
 
 
-def maskrcnn_resnet18_fpn(num_classes: int, image_size: int = 160, **options) -> nn.Module:
+def maskrcnn_resnet18_fpn(num_classes: int, image_size: int = 160, fpn_channels: int = FPN_CHANNELS,
+                          representation_size: int = BOX_HEAD_WIDTH, mask_channels: int = MASK_HEAD_CHANNELS,
+                          **options) -> nn.Module:
     from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
     options = {**SMALL_RCNN_OPTIONS, "box_batch_size_per_image": 32, **options}
-    return MaskRCNN(_resnet_fpn("resnet18"), num_classes=num_classes, min_size=image_size, max_size=image_size,
-                    rpn_anchor_generator=_small_anchors(), **options)
+    return MaskRCNN(_resnet_fpn("resnet18", fpn_channels=fpn_channels), min_size=image_size, max_size=image_size,
+                    rpn_anchor_generator=_small_anchors(),
+                    mask_head=MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1),
+                    mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes),
+                    **_rcnn_heads(num_classes, fpn_channels, representation_size), **options)
 
 
 def fcos_resnet18_fpn(num_classes: int, image_size: int = 160, **options) -> nn.Module:
@@ -132,9 +158,10 @@ class SemanticFPN(nn.Module):
         return {"out": logits}
 
 
-def fpn_resnet18(num_classes: int, channels: int = 128) -> nn.Module:
-    """Semantic FPN head on torchvision's ResNet-18 FPN backbone (the detectors' backbone)."""
-    return SemanticFPN(_resnet_fpn("resnet18"), num_classes, channels=channels)
+def fpn_resnet18(num_classes: int, channels: int = 128, fpn_channels: int = FPN_CHANNELS) -> nn.Module:
+    """Semantic FPN head on the ResNet-18 FPN backbone of `fasterrcnn_resnet18_fpn` (same layout and
+    parameter names, so a detector's backbone and FPN load into it)."""
+    return SemanticFPN(_resnet_fpn("resnet18", fpn_channels=fpn_channels), num_classes, channels=channels)
 
 
 def lraspp_resnet18(num_classes: int, **options) -> nn.Module:
@@ -328,7 +355,7 @@ def _with_background(num_classes: int) -> int:
 _DETECTOR_TASK = dict(
     loss=detection_loss, transforms=_detection_transforms, collate=_collate_detection,
     model_classes=_with_background, model_config_keys=("image_size",),
-    defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 12, "batch_size": 4, "lr": 5e-4,
+    defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 16, "batch_size": 4, "lr": 5e-4,
               "weight_decay": 1e-4, "warmup_epochs": 1.0},
 )
 

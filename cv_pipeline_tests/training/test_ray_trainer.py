@@ -126,6 +126,19 @@ def test_pretrained_weights_from_a_local_file(tmp_path):
         load_pretrained(target, tmp_path / "other.pt")
 
 
+def test_the_semantic_fpn_takes_the_detectors_backbone_and_fpn(tmp_path):
+    detector = get_task("detection").build_model("fasterrcnn_resnet18_fpn", 6)
+    torch.save(detector.state_dict(), tmp_path / "detector.pt")
+    segmenter = get_task("semantic_segmentation").build_model("fpn_resnet18", 7)
+    report = load_pretrained(segmenter, tmp_path / "detector.pt")
+    assert not [key for key in report["random"] if key.startswith("backbone.")]  # all of it loaded
+    assert report["random"] and all(key.startswith(("heads.", "classifier.")) for key in report["random"])
+    # the narrower defaults are options: torchvision's widths load into nothing narrower
+    wide = get_task("detection").build_model("fasterrcnn_resnet18_fpn", 6, fpn_channels=256, representation_size=1024)
+    assert wide.backbone.out_channels == 256 and detector.backbone.out_channels == 128
+    assert wide.roi_heads.box_head.fc7.out_features == 1024
+
+
 def test_a_registered_custom_task_trains_on_ray(toy_task, ingested_lake, ray_session, tmp_path):
     trainer = RayTrainer("countnet", num_workers=2, task="object_count_test", storage_path=tmp_path)
     result = trainer.train({"dataset_path": ingested_lake.manifest.table_path, "epochs": 3,
