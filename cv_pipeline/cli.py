@@ -165,7 +165,8 @@ def run_training(defs, instance, epochs: int | None, vision_epochs: int | None =
         if vision:
             monitor = vision["monitor"]
             print(f"{name:<18s} MLflow run {vision['mlflow_run_id']} {vision['arch']} {monitor}="
-                  f"{vision.get(monitor, float('nan')):.3f} best epoch={vision['best_epoch']}")
+                  f"{vision.get(monitor, float('nan')):.3f} best epoch={vision['best_epoch']}"
+                  + (f" from {vision['pretrained_weights']}" if vision.get("pretrained_weights") else ""))
     evaluation = meta.get("classifier_evaluation", {})
     if evaluation:
         print(f"evaluation (test)  accuracy={evaluation['accuracy']:.3f} macro_f1={evaluation['macro_f1']:.3f} "

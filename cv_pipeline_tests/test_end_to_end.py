@@ -36,6 +36,9 @@ def test_cli_run_materializes_the_whole_graph_and_serves(capsys, monkeypatch):
                          "sample prediction", "detection_model    MLflow run", "instance_segmentation_model MLflow run",
                          "semantic_segmentation_model MLflow run"):
             assert expected in out, (expected, out)
+        # the semantic model started from the detector this run trained (its MLflow model URI)
+        detector_run = re.search(r"detection_model    MLflow run (\w+)", out).group(1)
+        assert re.search(rf"semantic_segmentation_model MLflow run \w+ .* from runs:/{detector_run}/", out), out
 
         assert read_table(settings.table_path("coco_annotations")).num_rows == 542
         assert read_table(settings.table_path("coco_quarantine")).num_rows == 0

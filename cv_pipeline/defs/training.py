@@ -82,7 +82,10 @@ class ModelTrainingConfig(dg.Config):
     early_stopping_patience: int = 0
     checkpoints_to_keep: int = 2
     max_failures: int = 1
-    pretrained_weights: Optional[str] = None  # a local file or an earlier run's checkpoint directory
+    pretrained_weights: Optional[str] = None  # a local file, an earlier run's checkpoint directory, or an MLflow URI
+    # start from the upstream model's weights where this asset has one (semantic segmentation: the
+    # detection_model's backbone and FPN); ignored when pretrained_weights is set
+    init_from_upstream: bool = True
     use_best_hpo_config: bool = False  # take the best config of the latest hpo_study of this task
     max_train_samples: Optional[int] = None  # smoke runs: the first N samples of each split
     max_val_samples: Optional[int] = None
@@ -119,15 +122,38 @@ def training_extras(context, task: str, config: dg.Config, lake: LakeResource, m
     }
 
 
-def model_asset(task: str, name: str, description: str):
-    """The trained-model asset of one task: its Pipes job trains on Ray and reports back."""
+def upstream_weights(context, upstream: dg.AssetKey) -> Optional[str]:
+    """The MLflow URI of the upstream model asset's latest model, or None (with a warning) if it
+    has not been materialized: the model then starts from random weights."""
+    event = context.instance.get_latest_materialization_event(upstream)
+    uri = None
+    if event is not None and event.asset_materialization is not None:
+        entry = event.asset_materialization.metadata.get("model_uri")
+        uri = entry.value if entry is not None else None
+    if uri is None:
+        context.log.warning(f"{upstream.to_user_string()} has no model yet: training from random weights")
+    else:
+        context.log.info(f"starting from {upstream.to_user_string()}'s model {uri}")
+    return uri
 
-    @dg.asset(name=name, deps=[training_dataset], group_name="training", kinds={"pytorch", "ray", "mlflow"},
-              description=description)
+
+def model_asset(task: str, name: str, description: str, init_from: Optional[dg.AssetsDefinition] = None):
+    """The trained-model asset of one task: its Pipes job trains on Ray and reports back. With
+    `init_from` (another model asset), training starts from that asset's latest model: tensors
+    whose names and shapes match are loaded, the rest stay random (`init_from_upstream: false`
+    turns it off)."""
+    upstream = init_from.key if init_from is not None else None
+
+    @dg.asset(name=name, deps=[training_dataset, *([upstream] if upstream else [])], group_name="training",
+              kinds={"pytorch", "ray", "mlflow"}, description=description)
     def _model(context: dg.AssetExecutionContext, config: ModelTrainingConfig, lake: LakeResource,
                mlflow: MLflowResource, job_launcher: JobLauncher):
-        training = {k: v for k, v in config.model_dump(exclude={"num_workers", "use_gpu", "use_best_hpo_config"}).items()
-                    if v is not None}
+        excluded = {"num_workers", "use_gpu", "use_best_hpo_config", "init_from_upstream"}
+        training = {k: v for k, v in config.model_dump(exclude=excluded).items() if v is not None}
+        if upstream is not None and config.init_from_upstream and config.pretrained_weights is None:
+            uri = upstream_weights(context, upstream)
+            if uri is not None:
+                training["pretrained_weights"] = uri
         if config.use_best_hpo_config:
             from cv_pipeline.defs.tuning import best_hpo_config
 
@@ -153,5 +179,7 @@ instance_segmentation_model = model_asset(
     "Instance segmentation (Mask R-CNN on ResNet-18 by default): Lightning on Ray Train, a Pipes job.")
 semantic_segmentation_model = model_asset(
     "semantic_segmentation", "semantic_segmentation_model",
-    "Semantic segmentation (LR-ASPP on ResNet-18 by default): Lightning on Ray Train, a Pipes job.")
+    "Semantic segmentation (semantic FPN on ResNet-18 by default), starting from detection_model's backbone and "
+    "FPN: Lightning on Ray Train, a Pipes job.",
+    init_from=detection_model)
 VISION_MODEL_ASSETS = (detection_model, instance_segmentation_model, semantic_segmentation_model)

@@ -34,6 +34,26 @@ def lineage_tags(manifest, extra: dict | None = None) -> dict:
     }
 
 
+MLFLOW_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "dbfs:/")
+
+
+def resolve_pretrained(uri: str | None, storage_path: str | None) -> str | None:
+    """`pretrained_weights` as a path the Ray workers can read: an MLflow artifact URI (for example
+    another model asset's `runs:/<id>/model/model.pt`) is downloaded under the Ray storage path
+    (shared by every node: a local folder here, a volume on Databricks); a path stays as it is."""
+    if not uri or not str(uri).startswith(MLFLOW_URI_SCHEMES):
+        return uri
+    import hashlib
+    import tempfile
+
+    import mlflow
+
+    root = Path(storage_path) if storage_path else Path(tempfile.gettempdir())
+    destination = root / "pretrained" / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
+    destination.mkdir(parents=True, exist_ok=True)
+    return mlflow.artifacts.download_artifacts(artifact_uri=str(uri), dst_path=str(destination))
+
+
 def run_training(params: dict, log=print) -> dict:
     """Create the MLflow run, train on Ray, log checkpoint and model; returns what the asset reports."""
     import mlflow
@@ -48,11 +68,17 @@ def run_training(params: dict, log=print) -> dict:
     manifest = load_manifest(params["dataset_path"], params.get("dataset_version"))
     training = dict(params.get("training") or {})
     arch = training.pop("arch", None) or spec.default_model
+    pretrained_source = training.get("pretrained_weights")
+    if pretrained_source:
+        training["pretrained_weights"] = resolve_pretrained(pretrained_source, params.get("ray_storage_path"))
     num_workers = int(params.get("num_workers", 1))
     trainer = RayTrainer(arch, num_workers=num_workers, use_gpu=bool(params.get("use_gpu", False)), task=spec.name,
                          storage_path=params.get("ray_storage_path"))
     with mlflow.start_run(experiment_id=experiment_id, run_name=params.get("run_name")) as run:
-        mlflow.set_tags({"task": spec.name, "arch": arch, **lineage_tags(manifest, params.get("lineage"))})
+        mlflow.set_tags({"task": spec.name, "arch": arch, **lineage_tags(manifest, params.get("lineage")),
+                         **({"pretrained_weights": str(pretrained_source)} if pretrained_source else {})})
+        # params carry the resolved local path (Lightning's logger logs the same hyperparameters
+        # again, and MLflow refuses a changed value); the tag keeps the source URI
         mlflow.log_params({"task": spec.name, "arch": arch, "num_workers": num_workers,
                            "use_gpu": bool(params.get("use_gpu", False)), **{**spec.defaults, **training}})
         mlflow.log_dict({"labels": manifest.labels, "split_counts": manifest.split_counts}, "dataset/manifest.json")
@@ -98,6 +124,7 @@ def run_training(params: dict, log=print) -> dict:
         "dataset_path": manifest.table_path,
         "dataset_version": manifest.version,
         "labels": manifest.labels,
+        "pretrained_weights": pretrained_source,
     }
 
 
@@ -119,6 +146,8 @@ def report_metadata(outcome: dict) -> dict:
         "labels": {"raw_value": outcome["labels"], "type": "json"},
         "history": {"raw_value": outcome["history"], "type": "json"},
     }
+    if outcome.get("pretrained_weights"):
+        metadata["pretrained_weights"] = str(outcome["pretrained_weights"])
     for key, value in metrics.items():
         if key.startswith(("val_", "train_")):
             metadata[key] = {"raw_value": float(value), "type": "float"}
