@@ -65,16 +65,18 @@ def ingested_lake(spark, tmp_path_factory) -> IngestedLake:
 
 def pytest_sessionfinish(session, exitstatus):
     try:
-        from cv_pipeline.deployment.serving import LocalModelServer
+        try:
+            from cv_pipeline.deployment.serving import LocalModelServer
 
-        LocalModelServer(_HOME / "serving").stop()
-    except Exception:  # noqa: BLE001 - best-effort cleanup of a server a failed test left behind
-        pass
-    try:
-        import ray
+            LocalModelServer(_HOME / "serving").stop()
+        except Exception:  # noqa: BLE001 - best-effort cleanup of a server a failed test left behind
+            pass
+        try:
+            import ray
 
-        if ray.is_initialized():
-            ray.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
-    shutil.rmtree(_HOME, ignore_errors=True)
+            if ray.is_initialized():
+                ray.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+    finally:  # the session's home goes whatever the shutdowns raised (a full run left one behind)
+        shutil.rmtree(_HOME, ignore_errors=True)
