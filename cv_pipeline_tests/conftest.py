@@ -3,6 +3,7 @@
 Set at import time, before any test module imports `cv_pipeline.definitions` (which binds paths).
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -64,19 +65,15 @@ def ingested_lake(spark, tmp_path_factory) -> IngestedLake:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    try:
-        try:
+    try:  # best-effort: a server or Ray session a failed test left behind
+        with contextlib.suppress(Exception):
             from cv_pipeline.deployment.serving import LocalModelServer
 
             LocalModelServer(_HOME / "serving").stop()
-        except Exception:  # noqa: BLE001 - best-effort cleanup of a server a failed test left behind
-            pass
-        try:
+        with contextlib.suppress(Exception):
             import ray
 
             if ray.is_initialized():
                 ray.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
     finally:  # the session's home goes whatever the shutdowns raised (a full run left one behind)
         shutil.rmtree(_HOME, ignore_errors=True)

@@ -6,11 +6,14 @@ from typing import Any
 import dagster as dg
 
 
-def latest_metadata(context, asset_key: str | dg.AssetKey) -> dict[str, Any]:
-    """Plain values of the latest materialization's metadata of an asset; fails clearly if none."""
+def latest_metadata(context, asset_key: str | dg.AssetKey, required: bool = True) -> dict[str, Any]:
+    """Plain values of the latest materialization's metadata of an asset; if there is none, fails
+    clearly (or, with `required=False`, returns {})."""
     key = dg.AssetKey.from_coercible(asset_key)
     event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
+        if not required:
+            return {}
         raise dg.Failure(f"{key.to_user_string()} has not been materialized yet; materialize it first")
     return {name: value.value for name, value in event.asset_materialization.metadata.items()}
 

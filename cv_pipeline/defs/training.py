@@ -125,11 +125,7 @@ def training_extras(context, task: str, config: dg.Config, lake: LakeResource, m
 def upstream_weights(context, upstream: dg.AssetKey) -> Optional[str]:
     """The MLflow URI of the upstream model asset's latest model, or None (with a warning) if it
     has not been materialized: the model then starts from random weights."""
-    event = context.instance.get_latest_materialization_event(upstream)
-    uri = None
-    if event is not None and event.asset_materialization is not None:
-        entry = event.asset_materialization.metadata.get("model_uri")
-        uri = entry.value if entry is not None else None
+    uri = latest_metadata(context, upstream, required=False).get("model_uri")
     if uri is None:
         context.log.warning(f"{upstream.to_user_string()} has no model yet: training from random weights")
     else:

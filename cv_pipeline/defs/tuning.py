@@ -7,6 +7,7 @@ import dagster as dg
 from pydantic import Field, field_validator
 
 from cv_pipeline.defs.launchers import JobLauncher
+from cv_pipeline.defs.metadata import latest_metadata
 from cv_pipeline.defs.resources import LakeResource, MLflowResource
 from cv_pipeline.defs.training import training_dataset, training_extras
 
@@ -85,10 +86,7 @@ def best_hpo_config(context, task: str) -> dict | None:
     """The best config of the latest `hpo_study` materialization when it tuned `task`, else None
     (no study yet, or the latest one tuned another task). Training assets merge it into their
     config when asked to (`use_best_hpo_config=True`)."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(HPO_STUDY))
-    if event is None or event.asset_materialization is None:
-        return None
-    metadata = {name: value.value for name, value in event.asset_materialization.metadata.items()}
+    metadata = latest_metadata(context, HPO_STUDY, required=False)
     if metadata.get("task") != task or not isinstance(metadata.get("best_config"), dict):
         return None
     return dict(metadata["best_config"])

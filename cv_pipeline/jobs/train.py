@@ -41,7 +41,7 @@ def resolve_pretrained(uri: str | None, storage_path: str | None) -> str | None:
     """`pretrained_weights` as a path the Ray workers can read: an MLflow artifact URI (for example
     another model asset's `runs:/<id>/model/model.pt`) is downloaded under the Ray storage path
     (shared by every node: a local folder here, a volume on Databricks); a path stays as it is."""
-    if not uri or not str(uri).startswith(MLFLOW_URI_SCHEMES):
+    if not uri or not uri.startswith(MLFLOW_URI_SCHEMES):
         return uri
     import hashlib
     import tempfile
@@ -49,9 +49,9 @@ def resolve_pretrained(uri: str | None, storage_path: str | None) -> str | None:
     import mlflow
 
     root = Path(storage_path) if storage_path else Path(tempfile.gettempdir())
-    destination = root / "pretrained" / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
+    destination = root / "pretrained" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     destination.mkdir(parents=True, exist_ok=True)
-    return mlflow.artifacts.download_artifacts(artifact_uri=str(uri), dst_path=str(destination))
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination))
 
 
 def run_training(params: dict, log=print) -> dict:
@@ -76,7 +76,7 @@ def run_training(params: dict, log=print) -> dict:
                          storage_path=params.get("ray_storage_path"))
     with mlflow.start_run(experiment_id=experiment_id, run_name=params.get("run_name")) as run:
         mlflow.set_tags({"task": spec.name, "arch": arch, **lineage_tags(manifest, params.get("lineage")),
-                         **({"pretrained_weights": str(pretrained_source)} if pretrained_source else {})})
+                         **({"pretrained_weights": pretrained_source} if pretrained_source else {})})
         # params carry the resolved local path (Lightning's logger logs the same hyperparameters
         # again, and MLflow refuses a changed value); the tag keeps the source URI
         mlflow.log_params({"task": spec.name, "arch": arch, "num_workers": num_workers,
@@ -147,7 +147,7 @@ def report_metadata(outcome: dict) -> dict:
         "history": {"raw_value": outcome["history"], "type": "json"},
     }
     if outcome.get("pretrained_weights"):
-        metadata["pretrained_weights"] = str(outcome["pretrained_weights"])
+        metadata["pretrained_weights"] = outcome["pretrained_weights"]
     for key, value in metrics.items():
         if key.startswith(("val_", "train_")):
             metadata[key] = {"raw_value": float(value), "type": "float"}
