@@ -1,6 +1,7 @@
 """Test-wide state: every test session gets its own CV_PIPELINE_HOME and DAGSTER_HOME.
 
 Set at import time, before any test module imports `cv_pipeline.definitions` (which binds paths).
+Test modules take shared constants from `cv_pipeline_tests.samples`, never from here.
 """
 
 import contextlib
@@ -12,11 +13,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 
+from cv_pipeline_tests.samples import INGESTED_TABLES, SAMPLES
+
 if TYPE_CHECKING:
     from cv_pipeline.training.dataset import DatasetManifest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = REPO_ROOT / "data_samples"
 
 _HOME = Path(tempfile.mkdtemp(prefix="cv_pipeline_test_home_"))
 os.environ["CV_PIPELINE_HOME"] = str(_HOME)
@@ -37,8 +37,6 @@ def spark():
 def test_home() -> Path:
     return _HOME
 
-
-INGESTED_TABLES = ("coco_images", "coco_annotations", "coco_categories")
 
 
 class IngestedLake(NamedTuple):
@@ -75,5 +73,5 @@ def pytest_sessionfinish(session, exitstatus):
 
             if ray.is_initialized():
                 ray.shutdown()
-    finally:  # the session's home goes whatever the shutdowns raised (a full run left one behind)
+    finally:  # the session's home goes whatever the shutdowns raised
         shutil.rmtree(_HOME, ignore_errors=True)

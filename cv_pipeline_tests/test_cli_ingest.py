@@ -13,7 +13,7 @@ from cv_pipeline.data.spark import delta_spark_config
 from cv_pipeline.defs.ingestion import coco_tables
 from cv_pipeline.defs.jobs import ingest_job
 from cv_pipeline.defs.resources import IngestionPolicy, LakeResource, LandingZoneResource
-from cv_pipeline_tests.conftest import SAMPLES
+from cv_pipeline_tests.samples import SAMPLES
 
 
 def test_ingest_prints_counts_reasons_and_failed_checks_per_batch(spark, tmp_path, capsys):

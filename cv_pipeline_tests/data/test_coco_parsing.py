@@ -36,7 +36,7 @@ def test_invalid_json_names_file_line_and_column(tmp_path):
 
 
 def test_truncated_sample_batch_is_invalid_json():
-    from cv_pipeline_tests.conftest import SAMPLES
+    from cv_pipeline_tests.samples import SAMPLES
 
     with pytest.raises(COCOFormatError, match=r"batch_bad_json/annotations.json: invalid JSON at line"):
         parse_coco(SAMPLES / "defective" / "batch_bad_json" / "annotations.json")

@@ -6,7 +6,7 @@ import pytest
 
 from cv_pipeline.data.delta_io import read_table, replace_batch, table_version, validate_batch_id
 from cv_pipeline.data.processor import COCOProcessor, find_complete_batches
-from cv_pipeline_tests.conftest import SAMPLES
+from cv_pipeline_tests.samples import SAMPLES
 
 DEFECTIVE = SAMPLES / "defective" / "batch_defective"
 

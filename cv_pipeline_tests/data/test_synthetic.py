@@ -21,9 +21,8 @@ from cv_pipeline.data.synthetic import (
     write_defective_batch,
     write_incomplete_batch,
 )
+from cv_pipeline_tests.samples import SAMPLES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = REPO_ROOT / "data_samples"
 # The command documented in data_samples/README.md.
 SAMPLE_ARGS = ["--batches", "2", "--images-per-batch", "110", "--seed", "7"]
 

@@ -8,7 +8,7 @@ import dagster as dg
 from cv_pipeline.defs.partitions import landing_batches
 from cv_pipeline.defs.resources import LandingZoneResource
 from cv_pipeline.defs.sensors import landing_batch_sensor
-from cv_pipeline_tests.conftest import SAMPLES
+from cv_pipeline_tests.samples import SAMPLES
 
 
 def test_definitions_load():

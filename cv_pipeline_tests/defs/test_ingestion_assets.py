@@ -12,7 +12,7 @@ from cv_pipeline.data.spark import delta_spark_config
 from cv_pipeline.defs.ingestion import COCO_TABLES, QUALITY_TABLE, coco_tables
 from cv_pipeline.defs.partitions import landing_batches
 from cv_pipeline.defs.resources import IngestionPolicy, LakeResource, LandingZoneResource
-from cv_pipeline_tests.conftest import SAMPLES
+from cv_pipeline_tests.samples import SAMPLES
 
 
 @pytest.fixture(scope="module")

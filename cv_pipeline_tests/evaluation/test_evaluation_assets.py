@@ -20,7 +20,7 @@ from cv_pipeline.evaluation.predictions import predict_split
 from cv_pipeline.evaluation.task_evaluation import evaluate_predictions
 from cv_pipeline.models.tasks import get_task, save_model_artifact
 from cv_pipeline.training.dataset import build_training_dataset
-from cv_pipeline_tests.conftest import INGESTED_TABLES, SAMPLES
+from cv_pipeline_tests.samples import INGESTED_TABLES, SAMPLES
 from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
 
 

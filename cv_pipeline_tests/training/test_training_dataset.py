@@ -14,7 +14,7 @@ from cv_pipeline.training.dataset import (
     load_split,
     resolve_labels,
 )
-from cv_pipeline_tests.conftest import SAMPLES
+from cv_pipeline_tests.samples import SAMPLES
 
 
 @pytest.fixture(scope="module")
