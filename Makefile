@@ -29,8 +29,7 @@ test-fast: setup
 	$(PY) -m pytest cv_pipeline_tests -q -p no:cacheprovider -m "not slow"
 
 dev: setup
-	$(PY) -c "from cv_pipeline.cli import ensure_instance_config as e; e()"
-	DAGSTER_HOME=$(CV_PIPELINE_HOME)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml
+	$(VENV)/bin/cv-pipeline dev
 
 lock:
 	$(VENV)/bin/uv pip compile pyproject.toml --extra test --python-version 3.11 --no-header -o .ci/requirements.lock

@@ -1,4 +1,10 @@
-"""`cv-pipeline`: run the whole graph (or only ingestion) on the landing zone and print a summary."""
+"""`cv-pipeline`: run the whole graph (or only ingestion) on the landing zone and print a summary.
+
+A run prints one line per step as it starts and ends, a progress bar per training run (on a
+terminal), warnings and errors in full, then the summary; the full log (Dagster's event stream,
+Spark, Ray, the training jobs) goes to `$CV_PIPELINE_HOME/logs/`, whose path the summary gives.
+`-v` puts the full stream on the console instead.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import argparse
 import os
 import sys
 import time
-
+from datetime import datetime
+from pathlib import Path
 
 INSTANCE_CONFIG = """\
 # Written by cv-pipeline: SQLite storage in this folder; one run at a time, since every run
@@ -17,6 +24,11 @@ concurrency:
   runs:
     max_concurrent_runs: 1
 """
+
+PROFILES = ("quick", "full")
+TABLES = ("coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "coco_batches",
+          "coco_quality_metrics", "training_dataset", "evaluation_per_image", "evaluation_per_class")
+KEEP_CHECK = "challenger_beats_champion"
 
 
 def ensure_instance_config() -> str:
@@ -61,145 +73,133 @@ def materialized_metadata(result) -> dict[str, dict]:
             for e in result.get_asset_materialization_events()}
 
 
-def ingest_batches(defs, instance, batches: list[str]) -> dict[str, dict]:
-    """Register every batch as a partition and run the ingestion job for it; one summary per batch."""
+def ingest_batches(defs, instance, batches: list[str], console) -> dict[str, dict]:
+    """Register every batch as a partition and run the ingestion job for it; one outcome per batch."""
     from cv_pipeline.defs.partitions import landing_batches
 
     known = set(instance.get_dynamic_partitions(landing_batches.name))
     new = [b for b in batches if b not in known]
     if new:
         instance.add_dynamic_partitions(landing_batches.name, new)
-    job = defs.resolve_job_def("ingest_batch")
+    job = defs.resolve_job_def("ingest_batch").with_logger_defs(console.logger_defs())
     outcomes = {}
     for batch in batches:
         started = time.perf_counter()
-        result = job.execute_in_process(instance=instance, partition_key=batch, raise_on_error=False)
+        result = job.execute_in_process(instance=instance, partition_key=batch, raise_on_error=False,
+                                        run_config=console.run_config())
         checks = [(e.asset_key.to_user_string(), e.check_name, e.passed, e.severity.value)
                   for e in result.get_asset_check_evaluations()]
-        materialized = materialized_metadata(result)
-        failure = None
-        if not result.success:
-            failures = step_failures(result)
-            failure = failures[0] if failures else "run failed"
-        outcomes[batch] = {"success": result.success, "checks": checks, "materialized": materialized,
-                           "failure": failure, "seconds": time.perf_counter() - started}
+        failures = [] if result.success else step_failures(result)
+        outcomes[batch] = {"success": result.success, "checks": checks, "materialized": materialized_metadata(result),
+                           "failure": (failures[0] if failures else "run failed") if not result.success else None,
+                           "seconds": time.perf_counter() - started}
     return outcomes
 
 
-def print_ingestion(outcomes: dict[str, dict]) -> None:
-    """Per batch: records read, accepted and quarantined (by type and by reason), and the failed checks."""
+def blocking_failures(outcome: dict) -> list[str]:
+    return [name for _table, name, passed, severity in outcome["checks"] if not passed and severity == "ERROR"]
+
+
+def print_ingestion(console, outcomes: dict[str, dict]) -> None:
+    """One block: per batch, records read / accepted / quarantined and the checks."""
+    console.print("\nIngestion (records read / accepted / quarantined; checks passed)")
     for batch, outcome in outcomes.items():
-        status = "ok" if outcome["success"] else "FAILED"
-        print(f"\nbatch {batch}: {status} ({outcome['seconds']:.1f}s)")
         images = outcome["materialized"].get("coco_images", {})
+        counts = ""
         if images:
-            read, accepted, quarantined = images.get("records_read"), images.get("accepted"), images.get("quarantined")
-            print(f"  {'':12s}{'read':>8s}{'accepted':>10s}{'quarantined':>13s}")
-            for kind in ("images", "annotations", "categories"):
-                print(f"  {kind:12s}{read[kind]:>8d}{accepted[kind]:>10d}{quarantined[kind]:>13d}")
-            reasons = outcome["materialized"].get("coco_quarantine", {}).get("quarantined_by_reason") or {}
-            if reasons:
-                print("  quarantined by reason: " + ", ".join(f"{code} {count}" for code, count in reasons.items()))
-        failed = [f"{table}:{name} ({severity})" for table, name, passed, severity in outcome["checks"] if not passed]
-        print(f"  checks      {len(outcome['checks']) - len(failed)}/{len(outcome['checks'])} passed"
-              + (f"; failed: {', '.join(failed)}" if failed else ""))
-        if outcome["failure"]:
-            print(f"  error       {outcome['failure'][:500]}")
+            read, accepted, quarantined = images["records_read"], images["accepted"], images["quarantined"]
+            counts = "  ".join(f"{kind} {read[kind]}/{accepted[kind]}/{quarantined[kind]}"
+                               for kind in ("images", "annotations", "categories"))
+        passed = sum(1 for check in outcome["checks"] if check[2])
+        blocking = blocking_failures(outcome)
+        status = "validated" if outcome["success"] and not blocking else "HELD BACK" if outcome["checks"] else "FAILED"
+        console.print(f"  {batch:14s} {status:9s} {counts}  checks {passed}/{len(outcome['checks'])}")
+        reasons = outcome["materialized"].get("coco_quarantine", {}).get("quarantined_by_reason") or {}
+        if reasons:
+            console.print("                 quarantined: " + ", ".join(f"{code} {n}" for code, n in reasons.items()))
+        if blocking:
+            console.print(f"                 held back by blocking checks: {', '.join(blocking)}")
+        elif outcome["failure"]:
+            console.print(f"                 error: {outcome['failure'][:500]}")
 
 
-def print_tables() -> None:
-    from cv_pipeline import settings
-    from cv_pipeline.data.delta_io import is_delta_table
+def training_run_config(profile: str, epochs: int | None = None, vision_epochs: int | None = None,
+                        max_samples: int | None = None, model_assets=None) -> dict:
+    """Run config of train_and_deploy: the profile for every model asset, `epochs` for the classifier,
+    `vision_epochs` and `max_samples` (per split, training and evaluation) for the detection and
+    segmentation models; unset values keep the profile's recipe."""
+    from cv_pipeline.defs.evaluation import VISION_EVALUATION_ASSETS
+    from cv_pipeline.defs.training import VISION_MODEL_ASSETS, classifier_model
 
-    print("\nDelta tables")
-    for name in ("coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "coco_batches",
-                 "coco_quality_metrics", "training_dataset"):
-        path = settings.table_path(name)
-        if not is_delta_table(path):
-            print(f"  {name:20s} (not written)")
-            continue
-        from deltalake import DeltaTable
-
-        table = DeltaTable(path)
-        rows = table.to_pyarrow_dataset().count_rows()
-        print(f"  {name:20s} rows={rows:<6d} version={table.version():<3d} {path}")
-
-
-VISION_MODELS = ("detection_model", "instance_segmentation_model", "semantic_segmentation_model")
-VISION_EVALUATIONS = tuple(name.replace("_model", "_evaluation") for name in VISION_MODELS)
-KEEP_CHECK = "challenger_beats_champion"
-
-
-def training_run_config(epochs: int | None, vision_epochs: int | None, max_samples: int | None) -> dict:
-    """Run config of train_and_deploy: `epochs` for the classifier, `vision_epochs` and `max_samples`
-    (per split, for training and evaluation) for the detection and segmentation models; unset values
-    keep each task's defaults."""
-    ops = {}
+    ops = {asset.key.to_user_string(): {"config": {"profile": profile}}
+           for asset in (model_assets or (classifier_model, *VISION_MODEL_ASSETS))}
     if epochs:
-        ops["classifier_model"] = {"config": {"epochs": epochs}}
+        ops["classifier_model"]["config"]["epochs"] = epochs
     vision = {key: value for key, value in (("epochs", vision_epochs), ("max_train_samples", max_samples),
                                              ("max_val_samples", max_samples)) if value}
-    for name in VISION_MODELS if vision else ():
-        ops[name] = {"config": vision}
-    for name in VISION_EVALUATIONS if max_samples else ():
-        ops[name] = {"config": {"max_images": max_samples}}
+    for asset in VISION_MODEL_ASSETS:
+        ops[asset.key.to_user_string()]["config"].update(vision)
+    for asset in VISION_EVALUATION_ASSETS if max_samples else ():
+        ops[asset.key.to_user_string()] = {"config": {"max_images": max_samples}}
     return {"ops": ops}
 
 
-def run_training(defs, instance, epochs: int | None, vision_epochs: int | None = None,
-                 max_samples: int | None = None) -> bool:
-    result = defs.resolve_job_def("train_and_deploy").execute_in_process(
-        instance=instance, run_config=training_run_config(epochs, vision_epochs, max_samples), raise_on_error=False)
+def print_models(console, meta: dict[str, dict]) -> None:
+    """Per trained model: task, architecture, test metric beside the goals of its profile and the full recipe."""
+    from cv_pipeline.models.tasks import FULL_PROFILE, get_task
+
+    evaluations = {m.get("mlflow_run_id"): m for name, m in meta.items() if "primary_metric" in m}
+    rows = [(name, m) for name, m in meta.items() if "monitor" in m and "task" in m]
+    if not rows:
+        return
+    console.print(f"\n{'model':30s}{'task':23s}{'test metric':22s}{'goal':>7s}{'full':>7s}  MLflow run")
+    for name, model in rows:
+        spec = get_task(model["task"])
+        profile = model.get("profile", FULL_PROFILE)
+        evaluation = evaluations.get(model["mlflow_run_id"], {})
+        primary = evaluation.get("primary_metric")
+        metric = f"{primary} {evaluation[primary]:.3f}" if primary else "(not evaluated)"
+        goal = spec.goals.get(profile)
+        full = spec.goals.get(FULL_PROFILE)
+        verdict = "" if goal is None or not primary else ("  ok" if evaluation[primary] >= goal else "  BELOW GOAL")
+        console.print(f"{name:30s}{model['task'] + ' (' + profile + ')':23s}{metric:22s}"
+                      f"{goal if goal is not None else '':>7}{full if full is not None else '':>7}  "
+                      f"{model['mlflow_run_id'][:12]} {model['arch']}{verdict}")
+
+
+def print_deployment(console, meta: dict[str, dict]) -> None:
+    registered, comparison = meta.get("registered_classifier", {}), meta.get("model_comparison", {})
+    champion, serving = meta.get("champion_classifier", {}), meta.get("serving_endpoint", {})
+    if registered:
+        console.print(f"\nregistered         {registered['model_name']} version {registered['version']} alias challenger")
+    if comparison:
+        console.print(f"model_comparison   {comparison['decision']}: {comparison['reason']}")
+    if champion:
+        console.print(f"champion           {champion['model_name']} version {champion['version']} "
+                      f"(previous: {champion['previous_champion']})")
+    if serving:
+        console.print(f"serving            {serving['invocations_url']} (pid {serving['pid']})")
+        console.print(f"sample prediction  {serving['sample_response']} for {serving['sample_image']} "
+                      f"(truth: {serving['sample_ground_truth']})")
+
+
+def run_training(defs, instance, console, run_config: dict) -> bool:
+    job = defs.resolve_job_def("train_and_deploy").with_logger_defs(console.logger_defs())
+    result = job.execute_in_process(instance=instance, run_config=console.run_config(run_config), raise_on_error=False)
     meta = materialized_metadata(result)
-    checks = result.get_asset_check_evaluations()
     dataset = meta.get("training_dataset", {})
     if dataset:
-        print(f"\ntraining_dataset   version {dataset['delta_version']} splits {dataset['split_objects']} "
-              f"from {dataset['source_versions']}")
-    model = meta.get("classifier_model", {})
-    if model:
-        print(f"classifier_model   MLflow run {model['mlflow_run_id']} val_acc={model['val_acc']:.3f} "
-              f"best epoch={model['best_epoch']}")
-    for name in VISION_MODELS:
-        vision = meta.get(name, {})
-        if vision:
-            monitor = vision["monitor"]
-            print(f"{name:<18s} MLflow run {vision['mlflow_run_id']} {vision['arch']} {monitor}="
-                  f"{vision.get(monitor, float('nan')):.3f} best epoch={vision['best_epoch']}"
-                  + (f" from {vision['pretrained_weights']}" if vision.get("pretrained_weights") else ""))
-    evaluation = meta.get("classifier_evaluation", {})
-    if evaluation:
-        print(f"evaluation (test)  accuracy={evaluation['accuracy']:.3f} macro_f1={evaluation['macro_f1']:.3f} "
-              f"on {evaluation['test_objects']} objects")
-    for name in VISION_EVALUATIONS:
-        vision = meta.get(name, {})
-        if vision:
-            primary = vision["primary_metric"]
-            print(f"{name:<18s} {primary}={vision[primary]:.3f} on {int(vision['num_images'])} test images, "
-                  f"report {vision['report_path']}")
-    registered = meta.get("registered_classifier", {})
-    if registered:
-        print(f"registered model   {registered['model_name']} version {registered['version']} alias challenger")
+        console.print(f"\ntraining_dataset   version {dataset['delta_version']}, objects per split "
+                      f"{dataset['split_objects']}, from {dataset['source_versions']}")
+    print_models(console, meta)
+    print_deployment(console, meta)
     comparison = meta.get("model_comparison", {})
-    if comparison:
-        print(f"model_comparison   {comparison['decision']}: {comparison['reason']}")
-    for check in checks:
-        print(f"check              {check.check_name}: {'passed' if check.passed else 'FAILED'}")
-    champion = meta.get("champion_classifier", {})
-    if champion:
-        print(f"champion           {champion['model_name']} version {champion['version']} "
-              f"(previous: {champion['previous_champion']})")
-    serving = meta.get("serving_endpoint", {})
-    if serving:
-        print(f"serving            {serving['invocations_url']} (pid {serving['pid']})")
-        print(f"sample prediction  {serving['sample_response']} for {serving['sample_image']} "
-              f"(truth: {serving['sample_ground_truth']})")
     if comparison.get("decision") == "keep" and not _failures_besides(result, KEEP_CHECK):
-        print("\nthe champion stays: the challenger did not clear the promotion rule (not an error)")
+        console.print("the champion stays: the challenger did not clear the promotion rule (a decision, not an error)")
         return True
     if not result.success:
         failures = step_failures(result)
-        print("\ntraining run FAILED: " + (failures[0][:1000] if failures else "see the Dagster run log"))
+        console.print("\ntraining run FAILED: " + (failures[0][:2000] if failures else "see the log file"))
     return result.success
 
 
@@ -208,45 +208,112 @@ def _failures_besides(result, check_name: str) -> list[str]:
     return [message for message in step_failures(result) if check_name not in message.split(":", 1)[0]]
 
 
+def print_tables(console) -> None:
+    from cv_pipeline import settings
+    from cv_pipeline.data.delta_io import is_delta_table
+
+    console.print(f"\nDelta tables under {settings.lake_dir()} (rows, version)")
+    written = []
+    for name in TABLES:
+        path = settings.table_path(name)
+        if is_delta_table(path):
+            from deltalake import DeltaTable
+
+            table = DeltaTable(path)
+            written.append(f"{name} {table.to_pyarrow_dataset().count_rows()} v{table.version()}")
+    for start in range(0, len(written), 3):
+        console.print("  " + "   ".join(f"{entry:30s}" for entry in written[start:start + 3]).rstrip())
+
+
+def run_dev(dagster_args: list[str]) -> int:
+    """`dagster dev -w workspace.yaml` with DAGSTER_HOME under CV_PIPELINE_HOME; the Ray cluster
+    started here stays up while it runs, and every training or tuning job attaches to it."""
+    import subprocess
+
+    from cv_pipeline import settings
+    from cv_pipeline.jobs.runtime import shared_local_ray
+
+    ensure_instance_config()
+    workspace = settings.REPO_ROOT / "workspace.yaml"
+    command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(workspace), *dagster_args]
+    with shared_local_ray() as address:
+        print(f"Ray cluster {address} shared by every job; DAGSTER_HOME {os.environ['DAGSTER_HOME']}", flush=True)
+        process = subprocess.Popen(command, cwd=settings.REPO_ROOT)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:  # dagster dev got the same Ctrl-C: let it shut down first
+            return process.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cv-pipeline", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cv-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="ingest every landed batch, then train, evaluate, register and serve")
+    run.add_argument("--profile", choices=PROFILES, default="quick",
+                     help="training recipes: quick (default, a first run in minutes) or full (each task's "
+                          "defaults, the recipes its quality goals are measured with)")
     run.add_argument("--epochs", type=int, default=None, help="override the classifier's training epochs")
     run.add_argument("--vision-epochs", type=int, default=None,
                      help="override the detection and segmentation models' training epochs")
     run.add_argument("--max-samples", type=int, default=None,
                      help="train the detection and segmentation models on the first N images of each split (smoke runs)")
-    sub.add_parser("ingest", help="ingest every landed batch and run its quality checks only")
+    ingest = sub.add_parser("ingest", help="ingest every landed batch and run its quality checks only")
+    for command in (run, ingest):
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="the full log (Dagster events, Spark, Ray, jobs) on the console")
+    dev = sub.add_parser("dev", help="`dagster dev` on this code location, with one local Ray cluster kept up for "
+                                     "every job it runs")
+    dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
     args = parser.parse_args(argv)
+    if args.command == "dev":
+        return run_dev(args.dagster_args)
 
     from cv_pipeline import settings
-    from cv_pipeline.data.processor import find_complete_batches
+    from cv_pipeline.console import run_console
 
-    instance = _instance()
-    from cv_pipeline.definitions import defs
+    log_path = settings.logs_dir() / f"{args.command}-{datetime.now():%Y%m%d-%H%M%S}.log"
+    started = time.perf_counter()
+    with run_console(log_path, verbose=args.verbose) as console:
+        code = _run(args, console, settings)
+        console.print(f"\nMLflow             {settings.mlflow_tracking_uri()}")
+        console.print(f"DAGSTER_HOME       {os.environ['DAGSTER_HOME']}   (make dev: the Dagster UI on it)")
+        console.print(f"full log           {log_path}")
+        console.print(f"{'done' if code == 0 else 'FAILED'} in {time.perf_counter() - started:.0f}s")
+    return code
+
+
+def _run(args, console, settings) -> int:
+    from cv_pipeline.data.processor import find_complete_batches
 
     landing = settings.landing_dir()
     batches = find_complete_batches(landing)
-    print(f"CV_PIPELINE_HOME   {settings.cv_pipeline_home()}")
-    print(f"landing zone       {landing}: {len(batches)} complete batches {batches}")
-    print(f"DAGSTER_HOME       {os.environ['DAGSTER_HOME']}")
+    console.print(f"cv-pipeline {args.command}: {len(batches)} complete batches in {landing}; "
+                  f"state in {settings.cv_pipeline_home()}")
     if not batches:
-        print("nothing to ingest: a batch is a folder with annotations.json, images/ and a _SUCCESS marker")
+        console.print("nothing to ingest: a batch is a folder with annotations.json, images/ and a _SUCCESS marker")
         return 1
-    outcomes = ingest_batches(defs, instance, batches)
-    print_ingestion(outcomes)
-    ok = all(outcome["success"] for outcome in outcomes.values())
+    instance = _instance()
+    from cv_pipeline.definitions import defs
+    from cv_pipeline.jobs.runtime import shared_local_ray
+
+    outcomes = ingest_batches(defs, instance, batches, console)
+    print_ingestion(console, outcomes)
+    eligible = [b for b, o in outcomes.items() if o["success"] and not blocking_failures(o)]
     if args.command == "ingest":
-        print_tables()
-        return 0 if ok else 1
-    if not ok:
-        print_tables()
-        print("\nnot training: an ingestion run failed (a blocking quality check or an unreadable batch)")
+        print_tables(console)
+        return 0 if len(eligible) == len(batches) else 1
+    if not eligible:
+        print_tables(console)
+        console.print("\nnot training: no batch passed ingestion and its blocking quality checks")
         return 1
-    trained = run_training(defs, instance, args.epochs, args.vision_epochs, args.max_samples)
-    print_tables()
-    print(f"\nMLflow             {settings.mlflow_tracking_uri()}")
+    held = [b for b in batches if b not in eligible]
+    console.print(f"\ntraining on {len(eligible)} validated batches" +
+                  (f"; held back: {', '.join(held)}" if held else "") + f" (profile {args.profile})")
+    with shared_local_ray():
+        trained = run_training(defs, instance, console, training_run_config(
+            args.profile, args.epochs, args.vision_epochs, args.max_samples))
+    print_tables(console)
     return 0 if trained else 1
 
 

@@ -67,3 +67,10 @@ def serving_dir() -> Path:
 
 def dagster_home() -> Path:
     return cv_pipeline_home() / "dagster_home"
+
+
+def logs_dir() -> Path:
+    """Where `cv-pipeline` writes the full log of each run (Dagster, Spark, Ray, jobs)."""
+    path = cv_pipeline_home() / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -62,12 +62,65 @@ def ingested_lake(spark, tmp_path_factory) -> IngestedLake:
     return IngestedLake(lake_dir, build_training_dataset(lake_dir))
 
 
+@pytest.fixture(scope="session")
+def shared_ray():
+    """One local Ray cluster for the whole test session, started in this process on first use: the
+    tests' RayTrainer calls use it directly, and every Pipes job subprocess (and `cv-pipeline run`
+    subprocess) attaches to it through $CV_PIPELINE_RAY_ADDRESS instead of starting its own."""
+    from cv_pipeline.jobs.runtime import shared_local_ray
+
+    with shared_local_ray() as address:
+        yield address
+
+
+class EndToEndRun(NamedTuple):
+    home: Path  # its CV_PIPELINE_HOME
+    dagster_home: Path
+    landing: Path
+    held_back_batch: str
+    output: str  # what the console showed
+    returncode: int
+    seconds: float
+
+
+E2E_HELD_BACK_BATCH = "batch_defective"  # fails the blocking check annotations_bbox_inside_image
+
+
+@pytest.fixture(scope="session")
+def end_to_end_run(shared_ray, tmp_path_factory) -> EndToEndRun:
+    """`cv-pipeline run` as a user runs it (a subprocess, quick profile, the vision models trained
+    briefly), once per test session, on a landing zone with the two sample batches and one batch
+    that fails a blocking check. Its state (lake, MLflow, Dagster instance, the model server it
+    leaves running) is shared by the end-to-end and UI tests: treat it as read-only."""
+    import subprocess
+    import sys
+    import time
+
+    home = _HOME / "end_to_end"
+    landing = tmp_path_factory.mktemp("end_to_end_landing")
+    for batch in ("batch_0001", "batch_0002"):
+        shutil.copytree(SAMPLES / "landing" / batch, landing / batch)
+    shutil.copytree(SAMPLES / "defective" / E2E_HELD_BACK_BATCH, landing / E2E_HELD_BACK_BATCH)
+    env = {**os.environ, "CV_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
+           "CV_PIPELINE_LANDING_DIR": str(landing),
+           # the classifier trains the quick profile's few epochs: the promotion bar matches them
+           "CV_PIPELINE_PROMOTION_THRESHOLD": "0.4"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    started = time.perf_counter()
+    process = subprocess.run([sys.executable, "-m", "cv_pipeline.cli", "run", "--vision-epochs", "1",
+                              "--max-samples", "6"], env=env, capture_output=True, text=True, timeout=1800)
+    return EndToEndRun(home, home / "dagster_home", landing, E2E_HELD_BACK_BATCH, process.stdout + process.stderr,
+                       process.returncode, time.perf_counter() - started)
+
+
 def pytest_sessionfinish(session, exitstatus):
     try:  # best-effort: a server or Ray session a failed test left behind
         with contextlib.suppress(Exception):
             from cv_pipeline.deployment.serving import LocalModelServer
 
-            LocalModelServer(_HOME / "serving").stop()
+            for home in (_HOME, _HOME / "end_to_end"):
+                if (home / "serving").is_dir():
+                    LocalModelServer(home / "serving").stop()
         with contextlib.suppress(Exception):
             import ray
 

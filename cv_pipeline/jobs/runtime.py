@@ -27,6 +27,9 @@ Environment variables read here (the Databricks launcher sets the first one in t
 - `CV_PIPELINE_RAY_LOG_DIR`: where Ray on Spark collects its node logs when it shuts down
   (default `/dbfs/cv_pipeline/ray_logs`; empty disables collection).
 - `CV_PIPELINE_RAY_OBJECT_STORE`: object store bytes of a local Ray (default 256 MiB).
+- `CV_PIPELINE_RAY_ADDRESS`: a local Ray cluster to attach to instead of starting one (set by
+  `shared_local_ray`, which `cv-pipeline run` and `cv-pipeline dev` use: one cluster for every
+  job of a run, started once).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ RAY_WORKER_NODES_ENV = "CV_PIPELINE_RAY_WORKER_NODES"
 RAY_CPUS_PER_NODE_ENV = "CV_PIPELINE_RAY_CPUS_PER_NODE"
 RAY_LOG_DIR_ENV = "CV_PIPELINE_RAY_LOG_DIR"
 RAY_OBJECT_STORE_ENV = "CV_PIPELINE_RAY_OBJECT_STORE"
+RAY_ADDRESS_ENV = "CV_PIPELINE_RAY_ADDRESS"
 DEFAULT_RAY_LOG_DIR = "/dbfs/cv_pipeline/ray_logs"
 DEFAULT_OBJECT_STORE_BYTES = 256 * 1024**2
 
@@ -60,7 +64,8 @@ RAY_ENV_DEFAULTS = {
     "RAY_worker_niceness": "0",
 }
 
-# What start_ray started in this process, so stop_ray only tears down its own: "local" | "spark".
+# What start_ray started in this process, so stop_ray only tears down its own:
+# "local" | "spark" | "attached" (connected to a shared local cluster: shutdown only disconnects).
 _started: str | None = None
 
 
@@ -87,6 +92,7 @@ def start_ray(*, num_workers: int, use_gpu: bool, cpus_per_worker: float = 1,
     workers of `cpus_per_worker` CPUs (and one GPU each when `use_gpu`); returns its address.
 
     - Ray already initialised (a caller, a notebook, a test): nothing is started; its address is returned.
+    - `$CV_PIPELINE_RAY_ADDRESS` set (a run's shared cluster, see `shared_local_ray`): attach to it.
     - Locally: `ray.init` on this machine with at least `cpus_per_worker * num_workers + 1` logical
       CPUs (the +1 is the slot Ray Train's controller-side actors take beside the workers), no
       dashboard, Ray leaving logging alone, and an object store of `object_store_bytes` (default
@@ -124,6 +130,13 @@ def start_ray(*, num_workers: int, use_gpu: bool, cpus_per_worker: float = 1,
             raise
         _started = "spark"
         return address
+    shared = os.environ.get(RAY_ADDRESS_ENV)
+    if shared:
+        # its workers get the address too: Ray Train's helper actors call ray.init() with no address,
+        # which fails when the machine runs more than one Ray cluster (a test session beside a run)
+        ray.init(address=shared, configure_logging=False, runtime_env={"env_vars": {"RAY_ADDRESS": shared}})
+        _started = "attached"
+        return shared
     ray.init(
         num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_per_worker * num_workers) + 1),
         include_dashboard=False,
@@ -148,6 +161,28 @@ def stop_ray() -> None:
         import ray.util.spark
 
         ray.util.spark.shutdown_ray_cluster()
+
+
+@contextmanager
+def shared_local_ray(cpus: int | None = None) -> Iterator[str | None]:
+    """One local Ray cluster for every job of a run: started here (in this process) unless one is
+    already shared or we are on Databricks, its address exported as `$CV_PIPELINE_RAY_ADDRESS`, so
+    each Pipes job subprocess attaches to it instead of paying Ray's start-up again; stopped on exit.
+    Yields the address (None on Databricks, where each job starts Ray on its own cluster)."""
+    import ray
+
+    if on_databricks() or os.environ.get(RAY_ADDRESS_ENV):
+        yield os.environ.get(RAY_ADDRESS_ENV)
+        return
+    owned = not ray.is_initialized()  # a Ray this process already runs is shared, and left up
+    address = start_ray(num_workers=max(1, (cpus or os.cpu_count() or 2) - 1), use_gpu=False)
+    os.environ[RAY_ADDRESS_ENV] = address
+    try:
+        yield address
+    finally:
+        os.environ.pop(RAY_ADDRESS_ENV, None)
+        if owned:
+            stop_ray()
 
 
 @contextmanager

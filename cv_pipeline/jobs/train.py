@@ -9,6 +9,7 @@ run_name, lineage (tags recorded on the MLflow run: code revision, Dagster run i
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -54,6 +55,40 @@ def resolve_pretrained(uri: str | None, storage_path: str | None) -> str | None:
     return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination))
 
 
+@contextmanager
+def epoch_progress(history_path: Path, epochs: int, log, interval_s: float = 1.0):
+    """While the block runs, log one `cv_pipeline.console.epoch_message` per epoch that rank 0
+    appends to `history_path` (the console turns them into a progress bar)."""
+    import json
+    import threading
+
+    from cv_pipeline.console import epoch_message
+
+    stop = threading.Event()
+
+    def follow() -> None:
+        reported = 0
+        while True:
+            finished = stop.wait(interval_s)
+            text = history_path.read_text() if history_path.is_file() else ""
+            lines = text[:text.rfind("\n") + 1].splitlines()  # complete lines only
+            for line in lines[reported:]:
+                record = json.loads(line)
+                shown = {k: v for k, v in record.items() if k.startswith(("train_loss", "val_")) or k == "epoch_s"}
+                log(epoch_message(int(record["epoch"]) + 1, epochs, shown))
+            reported = max(reported, len(lines))
+            if finished:
+                return
+
+    thread = threading.Thread(target=follow, name="epoch-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def run_training(params: dict, log=print) -> dict:
     """Create the MLflow run, train on Ray, log checkpoint and model; returns what the asset reports."""
     import mlflow
@@ -85,14 +120,17 @@ def run_training(params: dict, log=print) -> dict:
         run_id = run.info.run_id
     log(f"MLflow run {run_id}: training {spec.name}/{arch} on {manifest.table_path}@v{manifest.version}")
 
-    result = trainer.train({
-        **training,
-        "dataset_path": manifest.table_path,
-        "dataset_version": manifest.version,
-        "mlflow_tracking_uri": params["mlflow_tracking_uri"],
-        "mlflow_run_id": run_id,
-        "run_name": params.get("run_name"),
-    })
+    epochs = int(training.get("epochs") or spec.defaults.get("epochs") or 0)
+    history = trainer.storage_path / str(params.get("run_name")) / "history.jsonl"
+    with epoch_progress(history, epochs, log):
+        result = trainer.train({
+            **training,
+            "dataset_path": manifest.table_path,
+            "dataset_version": manifest.version,
+            "mlflow_tracking_uri": params["mlflow_tracking_uri"],
+            "mlflow_run_id": run_id,
+            "run_name": params.get("run_name"),
+        })
 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"best_{k}": v for k, v in result.metrics.items() if k.startswith(("val_", "train_"))})
@@ -111,6 +149,7 @@ def run_training(params: dict, log=print) -> dict:
             model_uri = f"runs:/{run_id}/model/model.pt"
     return {
         "task": spec.name,
+        "profile": params.get("profile", "full"),
         "arch": arch,
         "mlflow_run_id": run_id,
         "model_uri": model_uri,
@@ -133,6 +172,7 @@ def report_metadata(outcome: dict) -> dict:
     metrics = outcome["metrics"]
     metadata = {
         "task": outcome["task"],
+        "profile": outcome["profile"],
         "arch": outcome["arch"],
         "mlflow_run_id": outcome["mlflow_run_id"],
         "model_uri": outcome["model_uri"],

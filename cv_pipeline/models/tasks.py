@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 ModelFactory = Callable[..., torch.nn.Module]
+FULL_PROFILE = "full"  # a task's `defaults`: the recipe its quality goals are measured with
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,12 @@ class TaskSpec:
     model_classes: Callable[[int], int] = lambda num_classes: num_classes
     keep_record: Callable | None = None  # which images a dataset of this task keeps (default: all)
     build_datasets: Callable | None = None  # (manifest, config) -> (train, val): replaces the default Delta dataset
-    defaults: Mapping[str, Any] = field(default_factory=dict)  # training config defaults for this task
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # training config defaults: the "full" recipe
+    # other named recipes, each a few keys over `defaults` (e.g. "quick": fewer epochs for a first run);
+    # `init_from_upstream` there says whether the model asset starts from its upstream model's weights
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # profile -> the floor of the primary test metric a run of that profile reaches on the bundled samples
+    goals: Mapping[str, float] = field(default_factory=dict)
     model_config_keys: tuple = ()  # training config keys also given to the model factory (e.g. image_size)
     loss_in_eval: bool = False  # the model also gives its loss in eval mode (logged as val_loss)
     description: str = ""
@@ -50,6 +56,15 @@ class TaskSpec:
     @property
     def val_monitor(self) -> str:
         return f"val_{self.monitor}"
+
+    def recipe(self, profile: str = "full") -> dict:
+        """The keys a profile sets over `defaults` ("full" sets none of the training keys: `defaults` are it)."""
+        if profile == FULL_PROFILE and profile not in self.profiles:
+            return {}
+        if profile not in self.profiles:
+            raise ValueError(f"task {self.name!r} has no profile {profile!r}; choose one of "
+                             f"{sorted({FULL_PROFILE, *self.profiles})}")
+        return dict(self.profiles[profile])
 
     def model_options(self, config: Mapping[str, Any]) -> dict:
         """Factory keyword arguments from a training config: `model_config_keys` + `model_options`."""
