@@ -152,7 +152,7 @@ def print_models(console, meta: dict[str, dict]) -> None:
     rows = [(name, m) for name, m in meta.items() if "monitor" in m and "task" in m]
     if not rows:
         return
-    console.print(f"\n{'model':30s}{'task':23s}{'test metric':22s}{'goal':>7s}{'full':>7s}  MLflow run")
+    console.print(f"\n{'model':30s}{'task':32s}{'test metric':20s}{'goal':>6s}{'full':>6s}  MLflow run")
     for name, model in rows:
         spec = get_task(model["task"])
         profile = model.get("profile", FULL_PROFILE)
@@ -162,8 +162,8 @@ def print_models(console, meta: dict[str, dict]) -> None:
         goal = spec.goals.get(profile)
         full = spec.goals.get(FULL_PROFILE)
         verdict = "" if goal is None or not primary else ("  ok" if evaluation[primary] >= goal else "  BELOW GOAL")
-        console.print(f"{name:30s}{model['task'] + ' (' + profile + ')':23s}{metric:22s}"
-                      f"{goal if goal is not None else '':>7}{full if full is not None else '':>7}  "
+        console.print(f"{name:30s}{model['task'] + ' (' + profile + ')':32s}{metric:20s}"
+                      f"{goal if goal is not None else '':>6}{full if full is not None else '':>6}  "
                       f"{model['mlflow_run_id'][:12]} {model['arch']}{verdict}")
 
 

@@ -46,6 +46,10 @@ def key_figure(metadata: dict) -> str:
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
     parts = []
+    accepted, quarantined = metadata.get("accepted"), metadata.get("quarantined")
+    if isinstance(accepted, dict) and isinstance(quarantined, dict):  # an ingestion's record counts
+        parts.append("accepted " + ", ".join(f"{n} {kind}" for kind, n in accepted.items())
+                     + f"; quarantined {sum(quarantined.values())}")
     for pointer in ("primary_metric", "monitor"):
         name = metadata.get(pointer)
         if isinstance(name, str) and isinstance(metadata.get(name), (int, float)):
@@ -73,6 +77,7 @@ class ConsoleReporter:
         self.interactive = stream.isatty()
         self.started: dict[str, float] = {}
         self.figures: dict[str, list[str]] = {}
+        self.checks: dict[str, list[bool]] = {}
         self.bars: dict[str, object] = {}
         self.failed_checks: list[str] = []
 
@@ -104,10 +109,12 @@ class ConsoleReporter:
         elif kind == "ASSET_MATERIALIZATION":
             materialization = event.event_specific_data.materialization
             figure = key_figure({k: v.value for k, v in materialization.metadata.items()})
-            if figure:
-                self.figures.setdefault(label, []).append(figure)
+            figures = self.figures.setdefault(label, [])
+            if figure and not figures:  # a multi-asset step: its first asset speaks for it
+                figures.append(figure)
         elif kind == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
+            self.checks.setdefault(label, []).append(evaluation.passed)
             if not evaluation.passed:
                 name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
                 severity = evaluation.severity.value
@@ -115,18 +122,25 @@ class ConsoleReporter:
                 self.print(f"  !   check {name} FAILED ({severity})" + _check_detail(evaluation))
         elif kind == "STEP_SUCCESS":
             self._close_bar(label)
-            seconds = time.perf_counter() - self.started.pop(label, time.perf_counter())
-            figures = "; ".join(dict.fromkeys(self.figures.pop(label, [])))
+            seconds, figures = self._finish(label)
             self.print(f"  ok  {label}  {seconds:.1f}s" + (f"  {figures}" if figures else ""))
         elif kind == "STEP_FAILURE":
             self._close_bar(label)
-            seconds = time.perf_counter() - self.started.pop(label, time.perf_counter())
-            figures = "; ".join(dict.fromkeys(self.figures.pop(label, [])))
-            if _root_error_class(event) == "DagsterAssetCheckFailedError":  # written, then held by its checks
+            seconds, figures = self._finish(label)
+            if _root_error_class(event) == "DagsterAssetCheckFailedError":  # materialized, then stopped by a check
                 self.print(f"  !   {label}  {seconds:.1f}s  {figures + '; ' if figures else ''}"
-                           f"held back by a blocking check")
+                           f"stopped by a blocking check")
             else:
                 self.print(f"  ERR {label}  {seconds:.1f}s  {_failure_text(event)}")
+
+    def _finish(self, label: str) -> tuple[float, str]:
+        """Seconds since the step started, and its figures: the first asset's, and its checks passed."""
+        seconds = time.perf_counter() - self.started.pop(label, time.perf_counter())
+        figures = self.figures.pop(label, [])
+        checks = self.checks.pop(label, [])
+        if checks:
+            figures.append(f"checks {sum(checks)}/{len(checks)} passed")
+        return seconds, "; ".join(figures)
 
     def _message(self, label: str, message: str, level: int) -> None:
         progress = parse_epoch_message(message)

@@ -1,5 +1,7 @@
 """`cv-pipeline ingest`'s summary, from real ingestion runs of a landing zone with bad batches."""
 
+import io
+import re
 import shutil
 
 import dagster as dg
@@ -7,6 +9,7 @@ import pytest
 from dagster_pyspark import PySparkResource
 
 from cv_pipeline.cli import ingest_batches, print_ingestion
+from cv_pipeline.console import ConsoleReporter
 from cv_pipeline.data.coco import COCOFormatError
 from cv_pipeline.data.processor import COCOProcessor, find_complete_batches
 from cv_pipeline.data.spark import delta_spark_config
@@ -16,7 +19,7 @@ from cv_pipeline.defs.resources import IngestionPolicy, LakeResource, LandingZon
 from cv_pipeline_tests.samples import SAMPLES
 
 
-def test_ingest_prints_counts_reasons_and_failed_checks_per_batch(spark, tmp_path, capsys):
+def test_ingest_prints_counts_reasons_and_failed_checks_per_batch(spark, tmp_path):
     landing = tmp_path / "landing"
     for batch in ("batch_defective", "batch_bad_json", "batch_incomplete"):
         shutil.copytree(SAMPLES / "defective" / batch, landing / batch)
@@ -28,19 +31,20 @@ def test_ingest_prints_counts_reasons_and_failed_checks_per_batch(spark, tmp_pat
     })
     batches = find_complete_batches(landing)
     assert batches == ["batch_bad_json", "batch_defective"]  # the one still being copied waits
-    outcomes = ingest_batches(defs, dg.DagsterInstance.ephemeral(), batches)
-    print_ingestion(outcomes)
-    out = capsys.readouterr().out
+    stream = io.StringIO()
+    console = ConsoleReporter(stream)
+    outcomes = ingest_batches(defs, dg.DagsterInstance.ephemeral(), batches, console)
+    print_ingestion(console, outcomes)
+    out = stream.getvalue()
 
-    assert "batch batch_bad_json: FAILED" in out and "invalid JSON at line" in out
-    assert "batch batch_defective: FAILED" in out
-    defective = out.split("batch batch_defective:")[1]
-    assert "images            12         9            3" in defective  # read, accepted, quarantined
-    assert "quarantined by reason: " in defective
+    assert re.search(r"^  ERR coco_tables \[batch_bad_json\]  \d+\.\ds  .*invalid JSON at line", out, re.M), out
+    assert re.search(r"^  batch_bad_json +FAILED", out, re.M), out
+    defective = out.split("  batch_defective HELD BACK")[1]
+    assert defective.startswith(" images 12/9/3  annotations 29/16/13  categories 6/6/0")  # read/accepted/quarantined
     for reason in ("duplicate_id 1", "image_missing 1", "image_undecodable 2", "unknown_category 1",
                    "unknown_image 1"):
-        assert reason in defective, (reason, defective)
-    assert "failed: coco_annotations:annotations_bbox_inside_image (ERROR)" in defective
+        assert reason in defective.splitlines()[1], (reason, defective)
+    assert "held back by blocking checks: annotations_bbox_inside_image" in defective
 
 
 @pytest.mark.parametrize("contents", [[], ["_SUCCESS"], ["_SUCCESS", "images/"]])

@@ -45,7 +45,8 @@ def test_a_run_prints_start_and_end_of_each_step_with_its_figure_and_nothing_els
     lines = out.splitlines()
     assert "  ... scored" in lines
     # written, then held back by its blocking check: a decision shown as such, not a crash
-    assert re.search(r"^  !   scored  \d+\.\ds  map_50=0\.457; held back by a blocking check$", out, re.M), out
+    assert re.search(r"^  !   scored  \d+\.\ds  map_50=0\.457; checks 0/1 passed; stopped by a blocking check$",
+                     out, re.M), out
     assert "  !   check scored:scores_in_range FAILED (ERROR): 2 scores > 1" in lines
     assert "  !   scored: 3 images had no annotations" in lines  # warnings in full
     assert re.search(r"^  ERR broken  \d+\.\ds  ValueError: row 3, field 'bbox': not 4 numbers$", out, re.M), out
@@ -91,6 +92,8 @@ def test_epoch_messages_round_trip():
     ({"decision": "keep", "model_name": "m", "version": "3"}, "decision=keep, m v3"),
     ({"dagster/row_count": 542, "delta_version": 4}, "542 rows, Delta v4"),
     ({"monitor": "val_acc"}, ""),
+    ({"accepted": {"images": 9, "annotations": 20}, "quarantined": {"images": 3, "annotations": 2},
+      "dagster/row_count": 9}, "accepted 9 images, 20 annotations; quarantined 5"),
 ])
 def test_key_figure_comes_from_what_the_asset_says_about_itself(metadata, expected):
     assert key_figure(metadata) == expected

@@ -64,6 +64,15 @@ RAY_ENV_DEFAULTS = {
     "RAY_worker_niceness": "0",
 }
 
+# Off for a local Ray, which has no dashboard and so no State API (installing ray[default] for it
+# would add a dashboard process to every run): the preemption watcher (for spot instances) and
+# the state actor's reconciliation, which poll that API. Ray Train's placement group cleaner polls
+# it too and logs a warning every second when it fails: that goes to the run's log file.
+LOCAL_RAY_ENV_DEFAULTS = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
+}
+
 # What start_ray started in this process, so stop_ray only tears down its own:
 # "local" | "spark" | "attached" (connected to a shared local cluster: shutdown only disconnects).
 _started: str | None = None
@@ -76,7 +85,7 @@ def on_databricks() -> bool:
 
 def configure_ray_environment() -> None:
     """Set the environment variables Ray Train's driver and workers need (existing values win)."""
-    for name, value in RAY_ENV_DEFAULTS.items():
+    for name, value in {**RAY_ENV_DEFAULTS, **({} if on_databricks() else LOCAL_RAY_ENV_DEFAULTS)}.items():
         os.environ.setdefault(name, value)
 
 
@@ -175,7 +184,7 @@ def shared_local_ray(cpus: int | None = None) -> Iterator[str | None]:
         yield os.environ.get(RAY_ADDRESS_ENV)
         return
     owned = not ray.is_initialized()  # a Ray this process already runs is shared, and left up
-    address = start_ray(num_workers=max(1, (cpus or os.cpu_count() or 2) - 1), use_gpu=False)
+    address = start_ray(num_workers=max(2, cpus or os.cpu_count() or 2), use_gpu=False)
     os.environ[RAY_ADDRESS_ENV] = address
     try:
         yield address
