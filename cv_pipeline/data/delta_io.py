@@ -76,11 +76,34 @@ def table_version(path: str | Path) -> int | None:
     return DeltaTable(str(path)).version()
 
 
-def read_table(path: str | Path, version: int | None = None, columns: list[str] | None = None, filters=None):
-    """A Delta table (optionally at an older version, by time travel) as a pyarrow Table, without a JVM."""
+def open_dataset(path: str | Path, version: int | None = None):
+    """A Delta table (optionally at an older version, by time travel) as a pyarrow Dataset, without a JVM.
+
+    Its files are read through pyarrow's own local filesystem, not delta-rs' default (a Python
+    `FileSystemHandler` behind `pyarrow.fs.PyFileSystem`): with that one every buffer read is a Python
+    object, and pyarrow's scan threads drop the last of them a moment after `to_table()` returns. A
+    process that exits right after a read (a script, a cron job) then has a scan thread take the GIL
+    while the interpreter finalizes; CPython ends that thread inside a C++ destructor and the process
+    aborts ("terminate called without an active exception", exit code 134; apache/arrow#36389,
+    #49942). With the native filesystem no scan thread ever calls into Python.
+    """
     if not is_delta_table(path):
         raise FileNotFoundError(f"no Delta table at {path}")
+    import pyarrow.fs as pa_fs
     from deltalake import DeltaTable
 
-    table = DeltaTable(str(path), version=version)
-    return table.to_pyarrow_table(columns=columns, filters=filters)
+    root = Path(path).absolute()
+    table = DeltaTable(str(root), version=version)
+    return table.to_pyarrow_dataset(filesystem=pa_fs.SubTreeFileSystem(str(root), pa_fs.LocalFileSystem()))
+
+
+def read_table(path: str | Path, version: int | None = None, columns: list[str] | None = None, filters=None):
+    """A Delta table (optionally at an older version, by time travel) as a pyarrow Table, without a JVM.
+    `filters`: DNF tuples (`[("batch_id", "=", "b1")]`) or a `pyarrow.compute.Expression`; files that
+    cannot match are not read. Reads through `open_dataset`: safe to exit right after."""
+    dataset = open_dataset(path, version)
+    if filters is not None:
+        from pyarrow.parquet import filters_to_expression
+
+        filters = filters_to_expression(filters)
+    return dataset.to_table(columns=columns, filter=filters)
