@@ -21,14 +21,22 @@ The semantics are pycocotools 2.0's `evaluate(); accumulate(); summarize()`, rep
   matched to it as a false positive (pycocotools stores matches as ids and reads 0 as "unmatched");
 - categories without ground truth (in an area range) are -1 and left out of the means.
 
+Input pycocotools evaluates although it is almost always a mistake gets pycocotools' numbers, a
+`DetectionInputWarning` naming the count and the first record, and an entry in the result's
+`anomalies` (`strict=True` raises `ValueError` instead, naming the record):
+
+- a detection whose category the ground truth lacks is left out (`unknown_category_detections`);
+- ground-truth annotations that repeat an id are each evaluated as the last annotation with that id,
+  in its image and category (pycocotools indexes annotations by id; `duplicate_annotation_ids`).
+
 Deliberate differences: inputs are never modified; malformed inputs raise `ValueError` naming the
-record and field instead of failing inside pycocotools or being dropped silently (unknown image or
-category ids, duplicate annotation ids, non-finite numbers, a polygon list whose first polygon has
-fewer than 3 points); `iscrowd` defaults to 0; segm predictions may also be polygons or uncompressed
-RLE (converted like ground truth); empty predictions are allowed (pycocotools' `loadRes` cannot take
-them) and score 0 wherever there is ground truth, as torchmetrics does; with custom
-`max_detections` the `map*` statistics use the largest value (pycocotools hard-codes 100), as
-torchmetrics does.
+record and field instead of failing inside pycocotools or being dropped silently (detections of
+unknown images, ground-truth annotations of unknown images or categories, non-finite numbers, a
+polygon list whose first polygon has fewer than 3 points); `iscrowd` defaults to 0; segm
+predictions may also be polygons or uncompressed RLE (converted like ground truth); empty
+predictions are allowed (pycocotools' `loadRes` cannot take them) and score 0 wherever there is
+ground truth, as torchmetrics does; with custom `max_detections` the `map*` statistics use the
+largest value (pycocotools hard-codes 100), as torchmetrics does.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field as dataclass_field
 from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
@@ -119,8 +128,10 @@ def _boxes(values: list, where: str) -> np.ndarray:
     return array.reshape(len(values), 4)
 
 
-def _indices(values: list, lookup: dict, where: str, field: str, known_as: str) -> np.ndarray:
-    """Positions of `values` in `lookup`; an unknown value raises, naming the record."""
+def _indices(values: list, lookup: dict, where: str, field: str, known_as: str,
+             unknown_ok: bool = False) -> np.ndarray:
+    """Positions of `values` in `lookup`; an unknown value raises, naming the record (or is -1 with
+    `unknown_ok`)."""
     try:
         positions = [lookup.get(value, -1) for value in values]
     except TypeError:
@@ -128,10 +139,40 @@ def _indices(values: list, lookup: dict, where: str, field: str, known_as: str) 
                      for value in values]
     array = np.array(positions, dtype=np.int64).reshape(len(values))
     unknown = array < 0
-    if unknown.any():
-        index = int(np.argmax(unknown))
-        raise ValueError(f"{where}[{index}].{field} {values[index]!r} is not among {known_as}")
+    if not unknown_ok and unknown.any():
+        raise ValueError(_unknown_message(values, unknown, where, field, known_as))
     return array
+
+
+def _unknown_message(values: list, unknown: np.ndarray, where: str, field: str, known_as: str) -> str:
+    index = int(np.argmax(unknown))
+    return f"{where}[{index}].{field} {values[index]!r} is not among {known_as}"
+
+
+_ANOMALY_MESSAGES = {
+    "unknown_category_detections":
+        "predictions: {count} detection(s) have a category_id not among the ground truth's categories "
+        "({category_ids}); left out of the evaluation, as pycocotools does (first: predictions[{first_index}] "
+        "= {first_record!r:.200}); strict=True raises instead",
+    "duplicate_annotation_ids":
+        "ground_truth annotations: {count} annotation(s) repeat an earlier id ({ids}); as pycocotools does, "
+        "each annotation with a repeated id is evaluated as the last annotation with that id (first repeat: "
+        "ground_truth annotations[{first_index}] = {first_record!r:.200}); strict=True raises instead",
+}
+
+
+class DetectionInputWarning(UserWarning):
+    """Input pycocotools evaluates without a word (and so do we, with the same numbers), but which is
+    almost always a mistake: detections of categories the ground truth does not have, repeated
+    ground-truth annotation ids."""
+
+
+def _anomaly(count: int, index: int, record: Any, **details: Any) -> dict:
+    """What an evaluation reports about one kind of anomaly: how many records, and the first one
+    (its segmentation, possibly large, left out)."""
+    if isinstance(record, dict):
+        record = {key: value for key, value in record.items() if key != "segmentation"}
+    return {"count": int(count), "first_index": int(index), "first_record": record, **details}
 
 
 def _mask_api():
@@ -245,9 +286,10 @@ class _GroundTruth:
     boxes: np.ndarray | None
     segmentations: list | None  # as given; converted to RLE only where a detection needs them
     kinds: np.ndarray | None
+    anomalies: dict = dataclass_field(default_factory=dict)
 
 
-def _parse_ground_truth(document: Any, iou_type: str) -> _GroundTruth:
+def _parse_ground_truth(document: Any, iou_type: str, strict: bool) -> _GroundTruth:
     if not isinstance(document, dict):
         raise ValueError(
             f"ground_truth must be a COCO document (a JSON object), got {type(document).__name__}")
@@ -281,12 +323,18 @@ def _parse_ground_truth(document: Any, iou_type: str) -> _GroundTruth:
 
     where = "ground_truth annotations"
     annotation_ids = _column(annotations, "id", where)
+    duplicates = None
     if len(set(annotation_ids)) != len(annotation_ids):
         seen: set = set()
+        repeated = []
         for index, annotation_id in enumerate(annotation_ids):
             if annotation_id in seen:
-                raise ValueError(f"{where}[{index}].id {annotation_id!r} is a duplicate annotation id")
+                if strict:
+                    raise ValueError(f"{where}[{index}].id {annotation_id!r} is a duplicate annotation id")
+                repeated.append(index)
             seen.add(annotation_id)
+        duplicates = _anomaly(len(repeated), repeated[0], annotations[repeated[0]],
+                              ids=list(dict.fromkeys(annotation_ids[i] for i in repeated))[:20])
     image = _indices(_column(annotations, "image_id", where), image_lookup, where, "image_id",
                      "ground_truth image ids")
     category = _indices(_column(annotations, "category_id", where), category_lookup, where, "category_id",
@@ -301,8 +349,21 @@ def _parse_ground_truth(document: Any, iou_type: str) -> _GroundTruth:
     else:
         segmentations = _column(annotations, "segmentation", where)
         kinds = _segmentation_kinds(segmentations, image, sizes, where, range(len(annotations)))
-    return _GroundTruth(image_ids, category_ids, sizes, image, category, identifiers, area, crowd, boxes,
-                        segmentations, kinds)
+    if duplicates is None:
+        return _GroundTruth(image_ids, category_ids, sizes, image, category, identifiers, area, crowd, boxes,
+                            segmentations, kinds)
+    # pycocotools indexes annotations by id (the last one with an id wins) and `COCOeval._prepare`
+    # collects them per image, in image id order then document order, and loads each by its id:
+    # every annotation whose id repeats is evaluated as the last annotation with that id, in its
+    # image and category.
+    last = {annotation_id: index for index, annotation_id in enumerate(annotation_ids)}
+    source = np.array([last[annotation_ids[i]] for i in np.argsort(image, kind="stable").tolist()],
+                      dtype=np.int64).reshape(len(annotations))
+    return _GroundTruth(
+        image_ids, category_ids, sizes, image[source], category[source], identifiers[source], area[source],
+        crowd[source], None if boxes is None else boxes[source],
+        None if segmentations is None else [segmentations[i] for i in source.tolist()],
+        None if kinds is None else kinds[source], {"duplicate_annotation_ids": duplicates})
 
 
 @dataclass
@@ -314,19 +375,33 @@ class _Detections:
     rank: np.ndarray
     boxes: np.ndarray | None
     rles: list | None
+    anomalies: dict = dataclass_field(default_factory=dict)
 
 
 def _parse_predictions(predictions: Any, truth: _GroundTruth, iou_type: str,
-                       max_detections: int) -> _Detections:
-    """Detections ranked per (image, category) by descending score, cut to `max_detections` each."""
+                       max_detections: int, strict: bool) -> _Detections:
+    """Detections ranked per (image, category) by descending score, cut to `max_detections` each.
+
+    A detection whose category the ground truth lacks raises with `strict`; else it is left out, as
+    pycocotools' `COCOeval` does (it only loads detections of the ground truth's categories)."""
     where = "predictions"
     records = _records(predictions, where)
     count = len(records)
     image = _indices(_column(records, "image_id", where), {i: p for p, i in enumerate(truth.image_ids)},
                      where, "image_id", "ground_truth image ids")
-    category = _indices(_column(records, "category_id", where),
-                        {c: p for p, c in enumerate(truth.category_ids)}, where, "category_id",
-                        "ground_truth category ids")
+    category_ids = _column(records, "category_id", where)
+    category = _indices(category_ids, {c: p for p, c in enumerate(truth.category_ids)}, where, "category_id",
+                        "ground_truth category ids", unknown_ok=True)
+    unknown = category < 0
+    anomalies = {}
+    if unknown.any():
+        if strict:
+            raise ValueError(_unknown_message(category_ids, unknown, where, "category_id",
+                                              "ground_truth category ids"))
+        first = int(np.argmax(unknown))
+        anomalies["unknown_category_detections"] = _anomaly(
+            int(unknown.sum()), first, records[first],
+            category_ids=list(dict.fromkeys(category_ids[i] for i in np.flatnonzero(unknown).tolist()))[:20])
     score = _numbers(_column(records, "score", where), where, "score")
     first_box = records[0].get("bbox") if count else None
     empty_box = type(first_box) is list and not first_box
@@ -343,6 +418,15 @@ def _parse_predictions(predictions: Any, truth: _GroundTruth, iou_type: str,
             raise
     if iou_type == "segm":
         segmentations = _column(records, "segmentation", where)
+        kinds = _segmentation_kinds(segmentations, image, truth.sizes, where, range(count))
+    if anomalies:
+        # every record was validated; only the detections of known categories are ranked and matched
+        known = np.flatnonzero(~unknown)
+        image, category, score, count = image[known], category[known], score[known], known.size
+        if boxes is not None:
+            boxes = boxes[known]
+        if iou_type == "segm":
+            segmentations, kinds = [segmentations[i] for i in known.tolist()], kinds[known]
 
     group = image * max(len(truth.category_ids), 1) + category
     order = np.lexsort((np.arange(count), -score, group))
@@ -355,14 +439,13 @@ def _parse_predictions(predictions: Any, truth: _GroundTruth, iou_type: str,
 
     rles = None
     if iou_type == "segm":
-        kinds = _segmentation_kinds(segmentations, image, truth.sizes, where, range(count))
         rles = _to_rles([segmentations[i] for i in order.tolist()], kinds[order], image[order], truth.sizes)
     if box_areas:
         area = boxes[order, 2] * boxes[order, 3]
     else:
         area = _mask_areas(rles)
     return _Detections(image[order], category[order], score[order], area, rank,
-                       boxes[order] if iou_type == "bbox" else None, rles)
+                       boxes[order] if iou_type == "bbox" else None, rles, anomalies)
 
 
 def _mask_areas(rles: list) -> np.ndarray:
@@ -494,8 +577,9 @@ class DetectionEvaluation:
 
     def __init__(self, truth: _GroundTruth, dets: _Detections, true_positive: np.ndarray,
                  false_positive: np.ndarray, gt_regular: np.ndarray, iou_thresholds: np.ndarray,
-                 recall_thresholds: np.ndarray, max_detections: tuple[int, ...]):
+                 recall_thresholds: np.ndarray, max_detections: tuple[int, ...], anomalies: dict | None = None):
         self.image_ids = list(truth.image_ids)
+        self.anomalies = dict(anomalies or {})
         self.category_ids = list(truth.category_ids)
         self.iou_thresholds = iou_thresholds
         self.recall_thresholds = recall_thresholds
@@ -646,6 +730,7 @@ class DetectionEvaluation:
         result["map_per_class"] = _class_means(precision[:, :, :, 0, last].reshape(-1, K))
         result[f"mar_{limits[last]}_per_class"] = _class_means(recall[:, :, 0, last])
         result["classes"] = list(self.category_ids)
+        result["anomalies"] = {kind: dict(anomaly) for kind, anomaly in self.anomalies.items()}
         result["precision"] = precision
         result["recall"] = recall
         if curves:
@@ -700,15 +785,18 @@ class DetectionMetrics:
 
     `iou_type` is "bbox" (predictions carry `bbox`) or "segm" (predictions carry `segmentation`,
     an RLE or polygons). Empty predictions give 0 wherever there is ground truth (torchmetrics'
-    choice; pycocotools cannot load them) and -1 where there is none.
+    choice; pycocotools cannot load them) and -1 where there is none. Detections of categories the
+    ground truth lacks and repeated ground-truth annotation ids are evaluated as pycocotools does and
+    reported (a `DetectionInputWarning`, the result's `anomalies`); `strict=True` refuses them.
     """
 
     def __init__(self, iou_type: str = "bbox", max_detections: Sequence[int] = (1, 10, 100),
                  iou_thresholds: Sequence[float] | None = None,
-                 recall_thresholds: Sequence[float] | None = None):
+                 recall_thresholds: Sequence[float] | None = None, *, strict: bool = False):
         if iou_type not in _IOU_TYPES:
             raise ValueError(f"iou_type must be one of {list(_IOU_TYPES)}, got {iou_type!r}")
         self.iou_type = iou_type
+        self.strict = bool(strict)
         limits = tuple(max_detections)
         if len(limits) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in limits):
             raise ValueError(f"max_detections must be three positive integers, got {max_detections!r}")
@@ -733,9 +821,12 @@ class DetectionMetrics:
     def evaluate(self, predictions, ground_truth) -> DetectionEvaluation:
         """Match `predictions` (a COCO results list or a path to one) to `ground_truth` (a COCO
         document or a path to one) once, for `summary()`, bootstrap re-weighting and `per_image()`."""
-        truth = _parse_ground_truth(_read_json(ground_truth, "ground_truth"), self.iou_type)
+        truth = _parse_ground_truth(_read_json(ground_truth, "ground_truth"), self.iou_type, self.strict)
         dets = _parse_predictions(_read_json(predictions, "predictions"), truth, self.iou_type,
-                                  self.max_detections[-1])
+                                  self.max_detections[-1], self.strict)
+        anomalies = {**truth.anomalies, **dets.anomalies}
+        for kind, anomaly in anomalies.items():
+            warnings.warn(_ANOMALY_MESSAGES[kind].format(**anomaly), DetectionInputWarning, stacklevel=2)
         K = len(truth.category_ids)
         thresholds = np.minimum(self.iou_thresholds, 1 - 1e-10)
         minimum = float(thresholds.min())
@@ -764,11 +855,12 @@ class DetectionMetrics:
             true_positive[a] = recorded & ~ignored
             false_positive[a] = ~recorded & ~ignored
         return DetectionEvaluation(truth, dets, true_positive, false_positive, gt_regular,
-                                   self.iou_thresholds, self.recall_thresholds, self.max_detections)
+                                   self.iou_thresholds, self.recall_thresholds, self.max_detections, anomalies)
 
     def compute_metrics(self, predictions, ground_truth) -> dict:
         """`evaluate(predictions, ground_truth).summary()`: the twelve COCO statistics (`map`, `map_50`,
         `map_75`, `map_small|medium|large`, `mar_1|10|100`, `mar_small|medium|large`; -1 where
         pycocotools gives -1), `map_per_class` and `mar_100_per_class` aligned with `classes`,
-        `precision` (T, R, K, A, M) and `recall` (T, K, A, M) arrays, and `pr_curves`."""
+        `anomalies` (empty unless the input had some; see the class), `precision` (T, R, K, A, M) and
+        `recall` (T, K, A, M) arrays, and `pr_curves`."""
         return self.evaluate(predictions, ground_truth).summary()

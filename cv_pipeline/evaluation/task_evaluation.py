@@ -104,7 +104,7 @@ def _detection(predictions: SplitPredictions, overlays: int, error_min_score: fl
     metrics, summaries, evaluations = {}, {}, {}
     for iou_type in iou_types:
         prefix = "" if iou_type == "bbox" else "segm_"
-        evaluations[iou_type] = DetectionMetrics(iou_type).evaluate(results, truth)
+        evaluations[iou_type] = DetectionMetrics(iou_type, strict=True).evaluate(results, truth)
         summaries[iou_type] = summary = evaluations[iou_type].summary()
         metrics.update({prefix + key: float(summary[key]) for key in COCO_STATISTICS})
     main = iou_types[-1]  # masks for instance segmentation

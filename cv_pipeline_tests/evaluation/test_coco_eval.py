@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cv_pipeline.evaluation.coco_eval import DetectionMetrics
+from cv_pipeline.evaluation.coco_eval import DetectionInputWarning, DetectionMetrics
 
 STAT_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
               "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
@@ -301,12 +301,11 @@ def test_summary_without_weights_is_compute_metrics_and_rejects_bad_weights():
         evaluation.summary(-np.ones(len(evaluation.image_ids)))
 
 
-def test_per_image_counts_match_pycocotools_eval_images():
-    truth, bbox_results, _ = random_case(12)
-    evaluation = DetectionMetrics("bbox").evaluate(bbox_results, truth)
-    reference = pycocotools_eval(truth, bbox_results, "bbox")
+def pycocotools_per_image_cells(evaluator):
+    """(image id, category id) -> (tp, fp, fn) from pycocotools' evalImgs: IoU 0.5, area all, largest
+    max-detections."""
     expected = {}
-    for record in reference.evalImgs:
+    for record in evaluator.evalImgs:
         if record is None or record["aRng"] != [0, 1e10]:
             continue
         dt_ignored = record["dtIgnore"][0].astype(bool)
@@ -315,6 +314,11 @@ def test_per_image_counts_match_pycocotools_eval_images():
         fp = int((~matched & ~dt_ignored).sum())
         fn = int((record["gtIgnore"] == 0).sum()) - tp
         expected[record["image_id"], record["category_id"]] = (tp, fp, fn)
+    return expected
+
+
+def assert_per_image_equal_to_pycocotools(evaluation, evaluator):
+    expected = pycocotools_per_image_cells(evaluator)
     rows = evaluation.per_image()
     assert [row["image_id"] for row in rows] == evaluation.image_ids
     for row in rows:
@@ -322,7 +326,13 @@ def test_per_image_counts_match_pycocotools_eval_images():
         assert cells == {key: value for key, value in expected.items() if key[0] == row["image_id"]}
         totals = np.array(list(cells.values()) or [(0, 0, 0)]).sum(axis=0).tolist()
         assert [row["tp"], row["fp"], row["fn"]] == totals
-    json.dumps(rows)
+    return rows
+
+
+def test_per_image_counts_match_pycocotools_eval_images():
+    truth, bbox_results, _ = random_case(12)
+    evaluation = DetectionMetrics("bbox").evaluate(bbox_results, truth)
+    json.dumps(assert_per_image_equal_to_pycocotools(evaluation, pycocotools_eval(truth, bbox_results, "bbox")))
 
 
 def test_result_is_json_friendly_and_reads_paths(tmp_path):
@@ -391,7 +401,7 @@ def test_bad_predictions_name_the_record(change, message):
     truth, bbox_results, _ = random_case(17)
     change(bbox_results)
     with pytest.raises(ValueError, match=message):
-        DetectionMetrics("bbox").compute_metrics(bbox_results, truth)
+        DetectionMetrics("bbox", strict=True).compute_metrics(bbox_results, truth)
 
 
 def test_iou_type_must_fit_the_predictions_and_be_known():
@@ -416,7 +426,7 @@ def test_bad_ground_truth_names_the_annotation():
     broken = copy.deepcopy(truth)
     broken["annotations"][3]["id"] = broken["annotations"][1]["id"]
     with pytest.raises(ValueError, match=r"ground_truth annotations\[3\]\.id .* duplicate"):
-        DetectionMetrics().compute_metrics(bbox_results, broken)
+        DetectionMetrics(strict=True).compute_metrics(bbox_results, broken)
     broken = copy.deepcopy(truth)
     del broken["annotations"][0]["area"]
     with pytest.raises(ValueError, match=r"ground_truth annotations\[0\] has no 'area'"):
@@ -426,3 +436,89 @@ def test_bad_ground_truth_names_the_annotation():
     broken["annotations"][1]["iscrowd"] = 0
     with pytest.raises(ValueError, match=r"ground_truth annotations\[1\]\.segmentation"):
         DetectionMetrics("segm").compute_metrics([], broken)
+
+
+def _with_unknown_categories(results, positions, category_id=9_999):
+    changed = copy.deepcopy(results)
+    for position in positions:
+        changed[position]["category_id"] = category_id
+    return changed
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_detections_of_categories_without_ground_truth_are_left_out_like_pycocotools(iou_type):
+    truth, bbox_results, segm_results = random_case(20, crowded_image=True)
+    results = _with_unknown_categories(bbox_results if iou_type == "bbox" else segm_results, [0, 5, 17])
+    results[9]["category_id"] = 8_888
+    with pytest.warns(DetectionInputWarning, match=r"4 detection\(s\) have a category_id .*predictions\[0\]"):
+        ours = DetectionMetrics(iou_type).compute_metrics(results, truth)
+    assert_equal_to_pycocotools(ours, pycocotools_eval(truth, results, iou_type))
+    anomaly = ours["anomalies"]["unknown_category_detections"]
+    assert (anomaly["count"], anomaly["first_index"], anomaly["category_ids"]) == (4, 0, [9_999, 8_888])
+    assert anomaly["first_record"]["category_id"] == 9_999 and "segmentation" not in anomaly["first_record"]
+    assert list(ours["anomalies"]) == ["unknown_category_detections"]
+    with pytest.raises(ValueError, match=r"predictions\[0\]\.category_id 9999 is not among"):
+        DetectionMetrics(iou_type, strict=True).compute_metrics(results, truth)
+
+
+def test_only_detections_of_unknown_categories_score_like_pycocotools():
+    truth, bbox_results, _ = random_case(21)
+    results = _with_unknown_categories(bbox_results, range(len(bbox_results)))
+    with pytest.warns(DetectionInputWarning):
+        evaluation = DetectionMetrics().evaluate(results, truth)
+    assert_equal_to_pycocotools(evaluation.summary(), pycocotools_eval(truth, results, "bbox"))
+    assert sum(row["fp"] for row in evaluation.per_image()) == 0
+
+
+def _with_repeated_ids(truth, pairs):
+    """`truth` where annotation `later` takes the id of annotation `earlier`, for each pair."""
+    changed = copy.deepcopy(truth)
+    for earlier, later in pairs:
+        changed["annotations"][later]["id"] = changed["annotations"][earlier]["id"]
+    return changed
+
+
+@pytest.mark.parametrize("seed", [22, 23])
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_repeated_annotation_ids_evaluate_like_pycocotools(seed, iou_type):
+    truth, bbox_results, segm_results = random_case(seed, crowded_image=True)
+    annotations = truth["annotations"]
+    image_of = [a["image_id"] for a in annotations]
+    # an id repeated within one image, one repeated across images (the later one sits in an image of
+    # lower id, so pycocotools meets it first), and an id used three times
+    same_image = next(i for i in range(1, len(annotations)) if image_of[i] == image_of[i - 1])
+    across = next((i, j) for i in range(len(annotations)) for j in range(i + 1, len(annotations))
+                  if image_of[j] < image_of[i] and annotations[j]["category_id"] != annotations[i]["category_id"])
+    third = len(annotations) - 1
+    pairs = [(same_image - 1, same_image), across, (across[0], third)]
+    broken = _with_repeated_ids(truth, pairs)
+    results = bbox_results if iou_type == "bbox" else segm_results
+    with pytest.warns(DetectionInputWarning, match=r"3 annotation\(s\) repeat an earlier id"):
+        evaluation = DetectionMetrics(iou_type).evaluate(results, broken)
+    ours = evaluation.summary()
+    assert_equal_to_pycocotools(ours, pycocotools_eval(broken, results, iou_type))
+    anomaly = ours["anomalies"]["duplicate_annotation_ids"]
+    assert anomaly["count"] == 3 and anomaly["first_index"] == min(later for _, later in pairs)
+    assert anomaly["ids"] == list(dict.fromkeys(broken["annotations"][later]["id"]
+                                                for _, later in sorted(pairs, key=lambda p: p[1])))
+    with pytest.raises(ValueError, match=r"is a duplicate annotation id"):
+        DetectionMetrics(iou_type, strict=True).evaluate(results, broken)
+
+
+def test_repeated_ids_and_unknown_categories_together_per_image_like_pycocotools():
+    truth, bbox_results, _ = random_case(24)
+    broken = _with_repeated_ids(truth, [(0, 4)])
+    results = _with_unknown_categories(bbox_results, [3])
+    with pytest.warns(DetectionInputWarning) as caught:
+        evaluation = DetectionMetrics().evaluate(results, broken)
+    assert len(caught) == 2
+    assert set(evaluation.anomalies) == {"duplicate_annotation_ids", "unknown_category_detections"}
+    reference = pycocotools_eval(broken, results, "bbox")
+    assert_equal_to_pycocotools(evaluation.summary(), reference)
+    assert_per_image_equal_to_pycocotools(evaluation, reference)
+
+
+def test_clean_input_reports_no_anomalies_and_no_warning(recwarn):
+    truth, bbox_results, _ = random_case(25)
+    assert DetectionMetrics().compute_metrics(bbox_results, truth)["anomalies"] == {}
+    assert not [w for w in recwarn if issubclass(w.category, DetectionInputWarning)]
