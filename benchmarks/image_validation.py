@@ -1,34 +1,40 @@
-"""Image validation throughput: our inspector (and its Spark path) against a bare PIL decode loop.
+"""Image validation throughput: the pipeline's image validation against a bare PIL decode loop.
 
 Baseline: `for p in paths: PIL.Image.open(p).load()`, one process, images/s. Ours does more per
 file (one read, sha256 of the content, a full decode, width/height/format/mode/channels, byte size,
-clear error text) and, in the pipeline, runs inside Spark tasks (`COCOProcessor.process_images`:
-`repartition` + `mapInPandas`). Goal: images/s per Spark core >= 0.8 x the bare loop. The RESULT
-line is the Spark path end to end (job submitted to rows collected) divided by the task slots
-(local[*] -> cores; `defaultParallelism` is the configured spark.default.parallelism, 4 here).
+clear error text). The RESULT line times what ingestion calls, `COCOProcessor.image_facts` (the
+rows of `process_images` as Arrow), end to end, on the path it takes for that batch size: up to
+`in_process_max_images` (1000) images in the driver process with a thread per core, larger batches
+in Spark tasks (`coalesce` to one task per core + `mapInPandas`, then `toArrow`). Its images/s are
+divided by the cores that path uses (threads: `os.cpu_count()`; Spark: its task slots, local[*] ->
+cores). Goal: images/s per core >= 0.8 x the bare loop. `--spark` forces the Spark path (its
+figure at this size, for comparison); `--in-process-max N` moves the threshold.
 
 What bounds the ratio (2-core AMD EPYC VM with SHA-NI, Pillow 13 + libjpeg-turbo, ~120 KB JPEGs
 of 640x480-ish, quiet machine, warm JVM):
 - the full decode dominates: ~2.0-2.3 ms per image, the same work in both loops;
 - the single read (~35 us) and the sha256 (~90-110 us) add ~5%; decoding from the bytes in memory
   saves the decoder's own file reads, so the single-process inspector is at 0.92-0.98 of the loop;
-- Spark adds a fixed cost per job that, at 400 images, is as large as the work itself: ~0.45-0.5 s
-  with the processor's 8 tasks on 2 cores (~35 ms per Python task: JVM round trips and Arrow
-  batches; 0.1 s for the `repartition` shuffle), ~0.3 s with 2 tasks, and ~1 CPU-s of JVM per job.
-  Measured pieces of a 400-row job: createDataFrame(arrow)+collect 0.02 s; +repartition(8) 0.11 s;
-  +mapInPandas(identity) 0.38 s; coalesce(2)+mapInPandas(identity) 0.13 s; with the inspector
-  process_images 0.89 s (ratio ~0.43) vs coalesce(2)+inspector 0.57 s (ratio ~0.69). Two workers
-  decoding at once also run ~5-15% slower each than one alone (shared cache/memory bandwidth).
+- threads: Pillow's decoders and hashlib release the GIL, so two threads decode at once; what is
+  left is the Python around them (Image.open's header parsing, the result dicts) under the GIL,
+  and two decoders at once running ~5-15% slower each than one alone (shared cache/memory bandwidth);
+- Spark adds a fixed cost per job that, at 400 images, is as large as the work itself: ~0.3 s with
+  one task per core on 2 cores (~35 ms per Python task: JVM round trips and Arrow batches), and
+  ~1 CPU-s of JVM per job. Measured pieces of a 400-row job: createDataFrame(arrow)+collect 0.02 s;
+  +repartition(8) 0.11 s; +mapInPandas(identity) 0.38 s; coalesce(2)+mapInPandas(identity) 0.13 s;
+  coalesce(2)+inspector 0.57 s (per-core ratio ~0.6-0.69, ~0.26 at 60 images). That is why small
+  batches skip Spark: at 1000 images the job's fixed cost is ~15% of the work on 2 cores, and a
+  cluster's executors bring more cores than the driver has.
 - before the worker fix in `spark.cheap_zip_cache_invalidation_in_worker`, every Python
   task also spent ~0.1 s of CPU re-reading pyspark.zip and spark-core's jar (CPython gh-103200).
-So the per-core ratio grows with the batch (the fixed cost is amortised) and with fewer, larger
-tasks (`--partitions 2`); the last 0.8 at 400 images needs the job's fixed cost under ~0.1 s.
 
 Figures come from `--repeat` interleaved rounds (best round each) after warming the page cache
-(every file read once, so both sides read from memory) and the JVM; the run says how busy the rest
-of the machine was, since on a shared 2-core machine one other process halves Spark's figure.
+(every file read once, so both sides read from memory) and, on the Spark path, the JVM; the run says
+how busy the rest of the machine was, since on a shared 2-core machine one other process halves
+any parallel figure.
 
-    python benchmarks/image_validation.py [--quick] [--images N] [--dir DIR] [--repeat 5] [--partitions N] [--no-spark]
+    python benchmarks/image_validation.py [--quick] [--images N] [--dir DIR] [--repeat 5] [--spark]
+        [--in-process-max N] [--partitions N] [--no-spark]
 """
 
 from __future__ import annotations
@@ -195,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spark-warmup", type=float, default=20.0, help="seconds of Spark warm-up runs before timing")
     parser.add_argument("--partitions", type=int, default=None,
-                        help="COCOProcessor(image_partitions=N); default: the processor's own choice")
-    parser.add_argument("--no-spark", action="store_true", help="skip the Spark measurement (RESULT uses the single-process inspector)")
+                        help="COCOProcessor(image_partitions=N) for the Spark path; default: one task per core")
+    parser.add_argument("--spark", action="store_true", help="force the Spark path (in_process_max_images=0)")
+    parser.add_argument("--in-process-max", type=int, default=None,
+                        help="COCOProcessor(in_process_max_images=N); default: the processor's own")
+    parser.add_argument("--no-spark", action="store_true", help="skip the pipeline measurement (RESULT uses the single-process inspector)")
     args = parser.parse_args(argv)
     count = args.images or (60 if args.quick else 400)
 
@@ -210,57 +219,66 @@ def main(argv: list[str] | None = None) -> int:
 
         bare_pil_loop(names)  # warm-up: imports, plugin registry
         inspector_loop(names)
-        spark_run = None
+        pipeline_run, path_name = None, None
         if not args.no_spark:
-            from cv_pipeline.data.processor import COCOProcessor
-            from cv_pipeline.data.spark import get_spark, task_slots
+            from cv_pipeline.data.processor import IN_PROCESS_MAX_IMAGES, COCOProcessor
 
-            spark = get_spark("cv_pipeline_benchmark")
-            processor = COCOProcessor(spark, image_partitions=args.partitions)
-            slots = task_slots(spark)
-            tasks = processor.process_images(folder).rdd.getNumPartitions()
+            limit = 0 if args.spark else (IN_PROCESS_MAX_IMAGES if args.in_process_max is None else args.in_process_max)
+            probe = COCOProcessor(None, in_process_max_images=limit)
+            if probe.validates_in_process(count):
+                processor, spark = probe, None
+                cores = os.cpu_count() or 1
+                path_name = f"in process, {cores} threads"
+            else:
+                from cv_pipeline.data.spark import get_spark, task_slots
 
-            def spark_run():
-                rows = processor.process_images(folder).collect()
-                if len(rows) != count or not all(r["decodable"] for r in rows):
-                    raise RuntimeError(f"Spark inspected {len(rows)} rows, expected {count} decodable")
+                spark = get_spark("cv_pipeline_benchmark")
+                processor = COCOProcessor(spark, image_partitions=args.partitions, in_process_max_images=limit)
+                cores = task_slots(spark)
+                tasks = processor.process_images(folder).rdd.getNumPartitions()
+                path_name = (f"Spark, {tasks} tasks on {cores} cores "
+                             f"(defaultParallelism={spark.sparkContext.defaultParallelism})")
 
-            # Warm-up: starts the Python workers (imports PIL/pandas/pyarrow there) and lets the JVM's
-            # JIT settle; on 2 cores the job needs 10-20 runs to reach its steady time, as it has in a
-            # long-lived Dagster process or on a cluster.
+            def pipeline_run():
+                table = processor.image_facts(folder)  # what ingestion calls (COCOProcessor._inspect_and_reject)
+                if table.num_rows != count or not all(table.column("decodable").to_pylist()):
+                    raise RuntimeError(f"inspected {table.num_rows} rows, expected {count} decodable")
+
+            # Warm-up: on the Spark path it starts the Python workers (imports PIL/pandas/pyarrow there)
+            # and lets the JVM's JIT settle; on 2 cores the job needs 10-20 runs to reach its steady
+            # time, as it has in a long-lived Dagster process or on a cluster.
             warm_start, warm_runs = time.perf_counter(), 0
-            while warm_runs < 20 and (warm_runs < 3 or time.perf_counter() - warm_start < args.spark_warmup):
-                spark_run()
+            warm_for = args.spark_warmup if spark is not None else 0.0
+            while warm_runs < 20 and (warm_runs < 3 or time.perf_counter() - warm_start < warm_for):
+                pipeline_run()
                 warm_runs += 1
 
         # Rounds interleave every measurement, so a drift in the machine's speed (shared hosts vary
         # by +-20% over minutes) hits baseline and ours alike; each figure is the best round.
-        bare, inspector, spark_full = Timings(), Timings(), Timings()
+        bare, inspector, pipeline = Timings(), Timings(), Timings()
         for _ in range(args.repeat):
             bare.add(timed(lambda: bare_pil_loop(names), time.process_time))
             inspector.add(timed(lambda: inspector_loop(names), time.process_time))
-            if spark_run is not None:
-                spark_full.add(timed(spark_run, descendants_cpu_seconds))
+            if pipeline_run is not None:
+                pipeline.add(timed(pipeline_run, lambda: time.process_time() + (descendants_cpu_seconds() or 0.0)))
 
         baseline = count / bare.wall
         single = count / inspector.wall
         print(f"bare PIL loop (1 process): {baseline:.1f} images/s ({bare.cpu / count * 1e3:.2f} ms CPU per image)")
         print(f"inspect_image_file loop (1 process): {single:.1f} images/s ({inspector.cpu / count * 1e3:.2f} ms CPU per image)")
         print(f"single-process inspector ratio={single / baseline:.3f} (CPU time: {bare.cpu / inspector.cpu:.3f}) goal={GOAL}")
-        if spark_run is None:
+        if pipeline_run is None:
             ours, metric = single, "images_per_s"
         else:
-            rate = count / spark_full.wall
-            ours, metric = rate / slots, "images_per_s_per_core"
-            print(f"Spark process_images: {rate:.1f} images/s on {slots} cores in {tasks} tasks "
-                  f"(defaultParallelism={spark.sparkContext.defaultParallelism}) = {ours:.1f} images/s per core")
-            if spark_full.cpu is not None:
-                print(f"Spark CPU (JVM + Python workers): {spark_full.cpu / count * 1e3:.2f} ms per image; "
-                      f"CPU-time ratio vs bare loop {bare.cpu / spark_full.cpu:.3f}")
-            # What Spark adds: its wall time beyond the inspector's own work spread over the cores.
-            overhead = spark_full.wall - count / single / slots
-            print(f"Spark adds {overhead:.3f} s per job beyond the inspector's work "
-                  f"(~{overhead * slots / tasks * 1e3:.0f} ms per task, {tasks} tasks on {slots} cores)")
+            rate = count / pipeline.wall
+            ours, metric = rate / cores, "images_per_s_per_core"
+            print(f"pipeline image validation ({path_name}): {rate:.1f} images/s = {ours:.1f} images/s per core")
+            if pipeline.cpu is not None:
+                print(f"its CPU (this process + Spark's JVM and workers): {pipeline.cpu / count * 1e3:.2f} ms per image; "
+                      f"CPU-time ratio vs bare loop {bare.cpu / pipeline.cpu:.3f}")
+            # What the path adds: its wall time beyond the inspector's own work spread over the cores.
+            overhead = pipeline.wall - count / single / cores
+            print(f"the path adds {overhead:.3f} s per batch beyond the inspector's work spread over {cores} cores")
 
     if OTHER_LOAD:
         print(f"other processes on this machine used {statistics.median(OTHER_LOAD):.2f} cores (median, "

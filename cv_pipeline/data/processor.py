@@ -1,8 +1,9 @@
 """COCOProcessor: one landing batch to Spark DataFrames shaped like the Delta table contracts.
 
 Parsing and record validation run in `coco.parse_coco` (columnar, Arrow); image files are read
-by Spark tasks; every rejected record becomes a quarantine row carrying its reason and the
-source record, so for each record type accepted + quarantined = read.
+by a thread per core in this process for batches of up to `IN_PROCESS_MAX_IMAGES` images, by
+Spark tasks for larger ones; every rejected record becomes a quarantine row carrying its reason and
+the source record, so for each record type accepted + quarantined = read.
 
 Keys: ids are the source's own and unique only within one export, so every table is keyed by
 (`batch_id`, id), and carries that key as one string too (`image_uid`, `annotation_uid`,
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 
 from cv_pipeline.data.coco import ParsedCOCO, RejectedRecord, parse_coco
 from cv_pipeline.data.delta_io import validate_batch_id
-from cv_pipeline.data.images import image_check_columns, inspect_image_partitions_fn
+from cv_pipeline.data.images import image_check_columns, inspect_image_files, inspect_image_partitions_fn
 
 ANNOTATIONS_FILE = "annotations.json"
 IMAGES_DIR = "images"
@@ -107,13 +108,26 @@ def batch_record(batch_id: str, source_file: str, message: str, reason_code: str
     return quarantine_table(batch_id, source_file, [rejected], _now())
 
 
-class COCOProcessor:
-    """Reads COCO landing batches into Spark DataFrames (the seed's quick-start API)."""
+# Batches up to this many images are validated in the driver process (a thread per core); larger
+# ones in Spark tasks. A Spark job's fixed cost (~0.3-0.5 s and ~1 CPU-s of JVM on 2 cores) is as
+# large as decoding a few hundred images; past ~1000 it is a small part, and a cluster's cores win.
+IN_PROCESS_MAX_IMAGES = 1000
 
-    def __init__(self, spark, image_partitions: int | None = None, store_image_bytes: bool = False):
+
+class COCOProcessor:
+    """Reads COCO landing batches into Spark DataFrames (the seed's quick-start API).
+
+    Image files are validated in this process by `os.cpu_count()` threads when a batch has at most
+    `in_process_max_images` of them, else in Spark tasks (`image_partitions` of them, default one per
+    core); both give the same rows. `in_process_max_images=0` always uses Spark.
+    """
+
+    def __init__(self, spark, image_partitions: int | None = None, store_image_bytes: bool = False,
+                 in_process_max_images: int = IN_PROCESS_MAX_IMAGES):
         self.spark = spark
         self.image_partitions = image_partitions
         self.store_image_bytes = store_image_bytes
+        self.in_process_max_images = in_process_max_images
 
     def load_coco_annotations(self, path: str | Path, batch_id: str | None = None):
         """Valid annotations of one COCO file as a Spark DataFrame (images are not inspected)."""
@@ -124,19 +138,32 @@ class COCOProcessor:
 
     def process_images(self, images_dir: str | Path, image_records: pa.Table | list[dict] | None = None,
                        include_bytes: bool = False):
-        """Inspect image files in Spark tasks: existence, full decode, size, format, channels, sha256
-        (and the bytes themselves with `include_bytes`); each file is read once, by an executor.
+        """Inspect image files: existence, full decode, size, format, channels, sha256 (and the bytes
+        themselves with `include_bytes`), as a Spark DataFrame of `image_id`, `file_path` and the
+        inspection columns; each file is read once. A batch of at most `in_process_max_images` files
+        is inspected in this process, a larger one in Spark tasks (by the executors).
 
         With no records, every file under `images_dir` is inspected (image_id is then null).
         """
-        images_dir = Path(images_dir).resolve()
-        if image_records is None:
-            files = sorted(p for p in images_dir.rglob("*") if p.is_file())
-            ids, paths = [None] * len(files), [str(p) for p in files]
-        else:
-            records = image_records.to_pylist() if isinstance(image_records, pa.Table) else image_records
-            ids = [r["image_id"] for r in records]
-            paths = [str(images_dir / r["file_name"]) for r in records]
+        ids, paths = _image_paths(images_dir, image_records)
+        if self.validates_in_process(len(paths)):
+            return self.spark.createDataFrame(_inspected_in_process(ids, paths, include_bytes))
+        return self._inspect_in_spark(ids, paths, include_bytes)
+
+    def image_facts(self, images_dir: str | Path, image_records: pa.Table | list[dict] | None = None,
+                    include_bytes: bool = False) -> pa.Table:
+        """`process_images`' rows as a pyarrow Table in this process (what ingestion uses): a small
+        batch never goes through Spark at all."""
+        ids, paths = _image_paths(images_dir, image_records)
+        if self.validates_in_process(len(paths)):
+            return _inspected_in_process(ids, paths, include_bytes)
+        return self._inspect_in_spark(ids, paths, include_bytes).toArrow()
+
+    def validates_in_process(self, image_count: int) -> bool:
+        """Whether a batch of `image_count` images is validated in this process rather than in Spark."""
+        return image_count <= self.in_process_max_images
+
+    def _inspect_in_spark(self, ids: list, paths: list[str], include_bytes: bool):
         from cv_pipeline.data.spark import task_slots
 
         # One Arrow record batch per task slot becomes one partition each: no shuffle to spread the
@@ -191,8 +218,8 @@ class COCOProcessor:
         if not parsed.images.num_rows:
             return _append_null_facts(parsed.images, self.store_image_bytes)
         images = parsed.images
-        facts = self.process_images(images_dir, images.select(["image_id", "file_name"]),
-                                    include_bytes=self.store_image_bytes).toArrow().to_pandas()
+        facts = self.image_facts(images_dir, images.select(["image_id", "file_name"]),
+                                 include_bytes=self.store_image_bytes).to_pandas()
         facts = facts.drop_duplicates("image_id").set_index("image_id").reindex(images.column("image_id").to_numpy())
         problems = [_image_problem(w, h, f) for w, h, f in zip(
             images.column("width").to_pylist(), images.column("height").to_pylist(), facts.itertuples())]
@@ -217,6 +244,26 @@ class COCOProcessor:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _image_paths(images_dir: str | Path, image_records: pa.Table | list[dict] | None) -> tuple[list, list[str]]:
+    """(image ids, absolute file paths) of the records' files, or of every file under `images_dir`
+    (ids None) when there are no records."""
+    images_dir = Path(images_dir).resolve()
+    if image_records is None:
+        files = sorted(p for p in images_dir.rglob("*") if p.is_file())
+        return [None] * len(files), [str(p) for p in files]
+    records = image_records.to_pylist() if isinstance(image_records, pa.Table) else image_records
+    return [r["image_id"] for r in records], [str(images_dir / r["file_name"]) for r in records]
+
+
+def _inspected_in_process(ids: list, paths: list[str], include_bytes: bool) -> pa.Table:
+    """The Spark path's rows (`image_id`, `file_path`, the inspection columns, same types), inspected here."""
+    facts = inspect_image_files(paths, include_bytes)
+    table = pa.table({"image_id": pa.array(ids, pa.int64()), "file_path": pa.array(paths, pa.string())})
+    for name in facts.column_names:
+        table = table.append_column(name, facts.column(name))
+    return table
 
 
 def _append_null_facts(images: pa.Table, include_bytes: bool = False) -> pa.Table:

@@ -1,5 +1,6 @@
 """The image inspector: facts about good files, a clear error naming the path for each kind of bad
-file, the store-bytes setting, and the Spark `mapInPandas` body on a small DataFrame."""
+file, the store-bytes setting, the Spark `mapInPandas` body on a small DataFrame, and the processor's
+in-process path for small batches giving the Spark path's rows."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cv_pipeline.data.images import (
     IMAGE_CHECK_COLUMNS,
     image_check_columns,
     inspect_image_file,
+    inspect_image_files,
     inspect_image_partitions,
     inspect_image_partitions_fn,
 )
@@ -149,3 +151,37 @@ def test_spark_partition_function_with_bytes(images):
     assert truncated["decodable"] is False and "truncated" in truncated["image_error"]
     assert missing["file_exists"] is False and missing["image_bytes"] is None
     assert str(images["missing"]) in missing["image_error"]
+
+
+def test_inspect_image_files_keeps_the_order_and_the_spark_types(images):
+    import pyarrow as pa
+
+    order = ["jpeg", "missing", "png", "truncated", "gray", "empty", "text"] * 3
+    paths = [str(images[n]) for n in order]
+    for include_bytes in (False, True):
+        table = inspect_image_files(paths, include_bytes, workers=3)
+        assert table.column_names == list(image_check_columns(include_bytes))
+        assert table.schema.field("decodable").type == pa.bool_()
+        assert table.schema.field("actual_width").type == pa.int32()
+        assert table.schema.field("byte_size").type == pa.int64()
+        assert table.to_pylist() == [inspect_image_file(p, include_bytes) for p in paths]
+    assert inspect_image_files([], workers=4).num_rows == 0
+
+
+def test_small_batches_are_inspected_in_process_with_the_spark_paths_rows(spark, images):
+    from cv_pipeline.data.processor import COCOProcessor
+
+    folder = images["jpeg"].parent
+    records = [{"image_id": i, "file_name": p.name} for i, p in enumerate(images.values())]
+    in_process, in_spark = COCOProcessor(spark), COCOProcessor(spark, in_process_max_images=0)
+    assert in_process.validates_in_process(len(records)) and not in_spark.validates_in_process(len(records))
+    assert not COCOProcessor(spark, in_process_max_images=5).validates_in_process(6)
+    for include_bytes in (False, True):
+        for image_records in (records, None):
+            here = in_process.process_images(folder, image_records, include_bytes)
+            there = in_spark.process_images(folder, image_records, include_bytes)
+            assert here.schema == there.schema
+            assert [r.asDict() for r in here.collect()] == [r.asDict() for r in there.collect()]
+            facts = in_process.image_facts(folder, image_records, include_bytes)
+            assert facts.equals(in_spark.image_facts(folder, image_records, include_bytes))
+            assert facts.num_rows == (len(records) - (image_records is None))  # no record: no missing file
