@@ -32,14 +32,19 @@ import pyarrow.compute as pc
 from cv_pipeline.data.coco import ParsedCOCO, RejectedRecord, parse_coco
 from cv_pipeline.data.delta_io import validate_batch_id
 from cv_pipeline.data.images import image_check_columns, inspect_image_files, inspect_image_partitions_fn
+from cv_pipeline.data.quality import PENDING, PENDING_MESSAGE
 
 ANNOTATIONS_FILE = "annotations.json"
 IMAGES_DIR = "images"
 SUCCESS_MARKER = "_SUCCESS"
 
+# `status` is 'pending' until the quality checks have run on the rows written, then 'validated' or
+# 'held_back' (cv_pipeline.data.quality.record_batch_status); only validated batches reach training.
 BATCHES_COLUMNS = pa.schema([(name, pa.string()) for name in (
     "batch_id", "source_file", "info_json", "licenses_json", "extra_json", "records_read", "accepted",
-    "quarantined", "quarantined_by_reason", "decoding")] + [("ingested_at", pa.timestamp("us", tz="UTC"))])
+    "quarantined", "quarantined_by_reason", "decoding")] + [("ingested_at", pa.timestamp("us", tz="UTC"))]
+    + [(name, pa.string()) for name in ("status", "failed_checks", "status_message")]
+    + [("checked_at", pa.timestamp("us", tz="UTC"))])
 QUARANTINE_COLUMNS = pa.schema([(name, pa.string()) for name in (
     "batch_id", "source_file", "record_type", "record_id", "record_json", "reason_code", "message")]
     + [("quarantined_at", pa.timestamp("us", tz="UTC"))])
@@ -205,8 +210,10 @@ class COCOProcessor:
         return BatchIngestion(
             batch_id=batch_id,
             source_file=parsed.source_file,
-            tables={"coco_images": images, "coco_annotations": annotations, "coco_categories": categories,
-                    "coco_quarantine": quarantine, "coco_batches": batch},
+            # coco_batches first: `write` commits its 'pending' status before the batch's rows change, so
+            # a reader never finds new rows under the previous ingestion's 'validated'.
+            tables={"coco_batches": batch, "coco_images": images, "coco_annotations": annotations,
+                    "coco_categories": categories, "coco_quarantine": quarantine},
             counts=counts,
             parsed=parsed,
             spark=self.spark,
@@ -345,14 +352,16 @@ def quarantine_table(batch_id: str, source_file: str, rejected: list[RejectedRec
 
 
 def batch_row(batch_id: str, parsed: ParsedCOCO, counts: dict, now: datetime) -> dict:
-    """The `coco_batches` row: what a COCO writer needs besides the records, and the counts."""
+    """The `coco_batches` row: what a COCO writer needs besides the records, the counts, and the
+    status 'pending' (the quality checks set it once they have run)."""
     dump = json.dumps
     return {"batch_id": batch_id, "source_file": parsed.source_file, "info_json": dump(parsed.info),
             "licenses_json": dump(parsed.licenses), "extra_json": dump(parsed.extra),
             "records_read": dump(counts["read"]), "accepted": dump(counts["accepted"]),
             "quarantined": dump(counts["quarantined"]),
             "quarantined_by_reason": dump(counts["quarantined_by_reason"]), "decoding": dump(parsed.decoding),
-            "ingested_at": now}
+            "ingested_at": now, "status": PENDING, "failed_checks": None, "status_message": PENDING_MESSAGE,
+            "checked_at": None}
 
 
 def _counts(parsed: ParsedCOCO) -> dict:

@@ -11,6 +11,11 @@ of its own.
 `run_split_leakage_check` checks the training split manifest (`TRAINING_CHECK_DEFINITIONS`) with GX
 on pandas; `quality_metrics_rows` turns results into rows of the `coco_quality_metrics` table.
 
+The batch gate: `validate_ingested_batch` runs the checks on a batch as written and records its
+status in `coco_batches` ('validated', or 'held_back' when an ERROR check failed); `batch_gate`,
+`eligible_batches` and `held_back_batches` read it, and `build_training_dataset` takes validated
+batches only (see the "batch gate" section below).
+
 Spark work is kept to a few jobs per table: the expectations of all checks on one frame run as one
 suite with BOOLEAN_ONLY (GX bundles their aggregates), and only the failed ones run a second time,
 with SUMMARY, for their counts and offending ids.
@@ -22,7 +27,7 @@ import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -94,6 +99,8 @@ ID_COLUMNS = {IMAGES: "image_id", ANNOTATIONS: "annotation_id", CATEGORIES: "cat
 _IMAGE_FOUND = "_qc_image_exists"
 _CATEGORY_FOUND = "_qc_category_exists"
 _BBOX_INSIDE = "_qc_bbox_inside_image"
+_BBOX_POSITIVE = "_qc_bbox_positive_size"
+_AREA_VALID = "_qc_area_not_negative"
 _IMAGE_WIDTH = "_qc_image_width"
 _IMAGE_HEIGHT = "_qc_image_height"
 _NON_CROWD_COUNT = "_qc_non_crowd_annotations"
@@ -111,6 +118,7 @@ RLE_TYPES = ("rle", "rle_uncompressed")
 # Checks judged on the rows where their derived column is not null: their element count is those rows.
 _JUDGED_COLUMN = {
     "annotations_bbox_inside_image": _BBOX_INSIDE,
+    "annotations_bbox_positive_size": _BBOX_POSITIVE,
     "annotations_polygons_well_formed": _POLYGON_OK,
     "annotations_rle_matches_image": _RLE_MATCHES,
     "annotations_area_consistent": _AREA_OK,
@@ -129,6 +137,7 @@ _NEEDS: dict[str, dict[str, tuple[str, ...]]] = {
         IMAGES: ("batch_id", "image_id", "width", "height"),
     },
     "annotations_area_consistent": {ANNOTATIONS: ("area", "segmentation_area")},
+    "annotations_bbox_positive_size": {ANNOTATIONS: ("bbox_w", "bbox_h")},
     "images_duplicate_content": {IMAGES: ("batch_id", "sha256")},
     "images_decoded_as_declared": {IMAGES: ("width", "height", "actual_width", "actual_height", "image_format")},
     "categories_class_imbalance": {
@@ -149,6 +158,17 @@ class QualityCheckDefinition:
 
 
 _SCHEMA = "Required columns exist with the contract types; no nulls in {}."
+
+# Severity rule: a check is ERROR (it holds its batch back from training) only where what it finds
+# breaks training or evaluation: rows that can't be keyed or joined, an image whose file is not the
+# declared one, a box that lies elsewhere than its object (past the image edge), a mask that can't be
+# laid on its image, an iscrowd that is neither crowd nor object, a negative area (COCO evaluation
+# drops such an object from every area range). What real exports carry and training copes with is
+# WARN: zero-size boxes (COCO train2017 has two; the training transforms drop them), an `area` off
+# its segmentation's (COCO's own crowd areas are not their RLE's pixel counts; `area` only picks an
+# object's small/medium/large range in evaluation), area 0 on box-only annotations (CVAT, Roboflow).
+# Crowd regions are never trained on and evaluation only ignores detections on them, so their box and
+# area are not judged at all; their masks are (a crowd RLE of another size breaks the semantic target).
 
 CHECK_DEFINITIONS: tuple[QualityCheckDefinition, ...] = (
     QualityCheckDefinition("images_schema", IMAGES, ERROR, _SCHEMA.format("key and size columns")),
@@ -179,9 +199,11 @@ CHECK_DEFINITIONS: tuple[QualityCheckDefinition, ...] = (
     ),
     QualityCheckDefinition(
         "annotations_bbox_inside_image", ANNOTATIONS, ERROR,
-        "bbox_w > 0, bbox_h > 0 and the box lies inside its image, within the tolerance.",
+        "Every non-crowd box lies inside its image, within the tolerance.",
     ),
-    QualityCheckDefinition("annotations_valid_values", ANNOTATIONS, ERROR, "iscrowd in {0, 1} and area > 0."),
+    QualityCheckDefinition(
+        "annotations_valid_values", ANNOTATIONS, ERROR, "iscrowd in {0, 1}; area >= 0 on non-crowd annotations.",
+    ),
     QualityCheckDefinition(
         "annotations_polygons_well_formed", ANNOTATIONS, ERROR,
         "Polygon segmentations have at least one part, every part at least 6 coordinates (3 points) "
@@ -192,8 +214,12 @@ CHECK_DEFINITIONS: tuple[QualityCheckDefinition, ...] = (
         "An RLE segmentation's size [height, width] equals its image's height and width.",
     ),
     QualityCheckDefinition(
-        "annotations_area_consistent", ANNOTATIONS, ERROR,
-        "Where the segmentation's area is known, the annotation's area agrees with it within the tolerance.",
+        "annotations_bbox_positive_size", ANNOTATIONS, WARN,
+        "Every non-crowd box has bbox_w > 0 and bbox_h > 0.",
+    ),
+    QualityCheckDefinition(
+        "annotations_area_consistent", ANNOTATIONS, WARN,
+        "Where a non-crowd annotation's segmentation area is known, its area agrees with it within the tolerance.",
     ),
     QualityCheckDefinition(
         "images_duplicate_content", IMAGES, WARN,
@@ -440,6 +466,179 @@ def run_split_leakage_check(frame) -> QualityCheckResult:
     return _assemble_results(TRAINING_CHECK_DEFINITIONS, plan, outcomes, rows, None)[0]
 
 
+# --------------------------------------------------------------------------- batch gate
+#
+# One rule decides which batches reach training: a batch is eligible iff its `coco_batches` row says
+# status 'validated'. Ingestion writes the row as 'pending' before the batch's rows change, and
+# `record_batch_status` sets 'validated' or 'held_back' once the checks have run, so a batch whose
+# checks failed, never ran, or were interrupted stays out. A held-back batch keeps its rows (and
+# quarantine, and check history) in the tables, where it can be inspected; re-ingesting a fixed
+# export writes 'pending' then 'validated'. `build_training_dataset` reads the rule through
+# `batch_gate`; `held_back_batches` says which batches it leaves out, and why.
+
+BATCHES = "coco_batches"
+QUALITY_METRICS = "coco_quality_metrics"
+PENDING, VALIDATED, HELD_BACK = "pending", "validated", "held_back"
+PENDING_MESSAGE = "quality checks have not run on the rows written last (ingestion interrupted?); re-ingest the batch"
+_NO_STATUS_MESSAGE = "no quality status recorded (ingested before batch statuses existed); re-ingest the batch"
+
+
+class HeldBackBatch(NamedTuple):
+    """A batch kept out of training: its failed blocking checks (empty when its checks have not run)
+    and a message saying why and what to do."""
+
+    batch_id: str
+    failed_checks: list[str]
+    message: str
+
+
+@dataclass(frozen=True)
+class BatchGate:
+    """What `coco_batches` (at `version`) lets through. `eligible` is None when the lake has no
+    `coco_batches` table at all (tables written by library code that ran no checks): there is no
+    gate then, and every batch is taken."""
+
+    eligible: list[str] | None
+    held_back: list[HeldBackBatch]
+    version: int | None
+
+
+def batch_status(results: Iterable[QualityCheckResult]) -> dict:
+    """The status columns of one batch's `coco_batches` row from its check results: `status`
+    ('validated', or 'held_back' when a blocking check failed), `failed_checks` (JSON list of every
+    failed check, ERROR and WARN, with counts and offending ids) and `status_message`."""
+    results = list(results)
+    failed = [r for r in results if not r.passed]
+    blocking = failed_blocking(results)
+    details = [{
+        "check": r.name, "table": r.table, "severity": r.severity, "element_count": int(r.element_count),
+        "unexpected_count": int(r.unexpected_count), "unexpected_sample": list(r.unexpected_sample),
+    } for r in failed]
+    if blocking:
+        message = "held back: failed blocking checks " + "; ".join(
+            f"{r.name} ({r.unexpected_count} of {r.element_count} {r.table} rows"
+            + (f", e.g. {', '.join(str(v) for v in r.unexpected_sample[:3])}" if r.unexpected_sample else "") + ")"
+            for r in blocking) + "; fix the export and re-ingest the batch"
+    else:
+        message = "every blocking check passed"
+        if failed:
+            message += "; warnings: " + ", ".join(r.name for r in failed)
+    return {"status": HELD_BACK if blocking else VALIDATED, "failed_checks": json.dumps(_jsonable(details)),
+            "status_message": message}
+
+
+def record_batch_status(batches_path, batch_id: str, results: Iterable[QualityCheckResult], *,
+                        checked_at: datetime | None = None) -> int:
+    """Set `batch_id`'s status in the `coco_batches` table at `batches_path` from its check results
+    (`batch_status`), in one commit replacing that batch's row; returns the new Delta version."""
+    import pyarrow as pa
+
+    from cv_pipeline.data.delta_io import read_table, replace_batch
+
+    row = read_table(batches_path, filters=[("batch_id", "=", batch_id)])
+    if row.num_rows != 1:
+        raise ValueError(f"{batches_path}: expected one coco_batches row for batch {batch_id!r}, found {row.num_rows}")
+    updates = {**batch_status(results), "checked_at": checked_at or datetime.now(timezone.utc)}
+    for name, value in updates.items():
+        type_ = pa.timestamp("us", tz="UTC") if name == "checked_at" else pa.string()
+        column = pa.array([value], type_)
+        if name in row.column_names:
+            row = row.set_column(row.schema.get_field_index(name), name, column.cast(row.schema.field(name).type))
+        else:
+            row = row.append_column(name, column)
+    return replace_batch(row, batches_path, batch_id)
+
+
+def batch_gate(lake_dir, version: int | None = None) -> BatchGate:
+    """The rule, read from `<lake_dir>/coco_batches` (at `version`; default latest): eligible batches
+    are those whose status is 'validated'; every other row is held back (a failed blocking check,
+    checks that have not run, or no status recorded)."""
+    from pathlib import Path
+
+    from cv_pipeline.data.delta_io import is_delta_table, read_table, table_version
+
+    path = Path(lake_dir) / BATCHES
+    if not is_delta_table(path):
+        return BatchGate(None, [], None)
+    version = table_version(path) if version is None else int(version)
+    table = read_table(path, version)
+    rows = table.to_pylist()
+    eligible, held_back = [], []
+    for row in sorted(rows, key=lambda r: r["batch_id"]):
+        status = row.get("status")
+        if status == VALIDATED:
+            eligible.append(row["batch_id"])
+            continue
+        failed = [c["check"] for c in json.loads(row.get("failed_checks") or "[]") if c.get("severity") == ERROR]
+        if status == HELD_BACK:
+            message = row.get("status_message") or "held back: failed blocking checks " + ", ".join(failed)
+        elif status == PENDING:
+            message = PENDING_MESSAGE
+        else:
+            message = _NO_STATUS_MESSAGE
+        held_back.append(HeldBackBatch(row["batch_id"], failed, message))
+    return BatchGate(eligible, held_back, version)
+
+
+def eligible_batches(lake_dir, version: int | None = None) -> list[str] | None:
+    """Batches that may reach training (status 'validated'); None when the lake has no coco_batches
+    table (no gate: every batch is taken). See `batch_gate`."""
+    return batch_gate(lake_dir, version).eligible
+
+
+def held_back_batches(lake_dir, version: int | None = None) -> list[HeldBackBatch]:
+    """Batches kept out of training, sorted by id: (batch_id, failed blocking check names, message).
+    Empty when every batch is validated or the lake has no coco_batches table."""
+    return batch_gate(lake_dir, version).held_back
+
+
+@dataclass(frozen=True)
+class BatchValidation:
+    """What `validate_ingested_batch` did: the check results, the status it recorded, and the Delta
+    versions of `coco_quality_metrics` (rows appended) and `coco_batches` (status written)."""
+
+    batch_id: str
+    results: list[QualityCheckResult]
+    status: str
+    status_message: str
+    failed_checks: list[dict]
+    metrics_rows: int
+    metrics_version: int
+    batches_version: int
+
+    @property
+    def held_back(self) -> bool:
+        return self.status == HELD_BACK
+
+
+def validate_ingested_batch(spark, table_path, batch_id: str, *, run_id: str | None = None,
+                            **check_options) -> BatchValidation:
+    """Run every check on one batch as written (read back with Spark), append the results to
+    `coco_quality_metrics` and record the batch's status in `coco_batches`. `table_path(name)` locates
+    each table; `check_options` are `run_quality_suites`' tolerances."""
+    from pyspark.sql import functions as F
+
+    from cv_pipeline.data.delta_io import append_rows
+
+    def load(name: str):
+        return spark.read.format("delta").load(str(table_path(name)))
+
+    def written(name: str):
+        return load(name).where(F.col("batch_id") == batch_id)
+
+    existing = load(IMAGES).where(F.col("batch_id") != batch_id).select("batch_id", "image_id", "sha256")
+    results = run_quality_suites(written(IMAGES), written(ANNOTATIONS), written(CATEGORIES),
+                                 existing_images_df=existing, **check_options)
+    metrics = quality_metrics_rows(batch_id, results, run_id=run_id)
+    metrics_version = append_rows(quality_metrics_table(metrics), str(table_path(QUALITY_METRICS)))
+    batches_version = record_batch_status(str(table_path(BATCHES)), batch_id, results)
+    status = batch_status(results)
+    return BatchValidation(batch_id=batch_id, results=results, status=status["status"],
+                           status_message=status["status_message"], failed_checks=json.loads(status["failed_checks"]),
+                           metrics_rows=len(metrics), metrics_version=metrics_version,
+                           batches_version=batches_version)
+
+
 # --------------------------------------------------------------------------- frames
 
 
@@ -452,6 +651,8 @@ def _build_frames(inputs: dict, columns: dict, params: _Params, existing_images)
 
     images, annotations, categories = inputs[IMAGES], inputs[ANNOTATIONS], inputs[CATEGORIES]
     owned = []
+    # Crowd regions (iscrowd 1) are exempt from the box and area rules; without the column, none is crowd.
+    crowd = F.coalesce(F.col("iscrowd") == 1, F.lit(False)) if "iscrowd" in columns[ANNOTATIONS] else F.lit(False)
     if not images.is_cached:  # read by its own suite and by the annotation join
         images = images.cache()
         owned.append(images)
@@ -478,11 +679,12 @@ def _build_frames(inputs: dict, columns: dict, params: _Params, existing_images)
             tol = params.bbox_tolerance_px
             x, y, w, h = F.col("bbox_x"), F.col("bbox_y"), F.col("bbox_w"), F.col("bbox_h")
             inside = (
-                (x >= -tol) & (y >= -tol) & (w > 0) & (h > 0)
+                (x >= -tol) & (y >= -tol)
                 & (x + w <= F.col(_IMAGE_WIDTH) + tol) & (y + h <= F.col(_IMAGE_HEIGHT) + tol)
             )
-            # Null where the image is missing: GX skips nulls, and that case is the reference check's.
-            annotations = annotations.withColumn(_BBOX_INSIDE, F.when(F.col(_IMAGE_FOUND), inside))
+            # Null (not judged) on crowd regions, and where the image is missing: GX skips nulls, and
+            # that case is the reference check's.
+            annotations = annotations.withColumn(_BBOX_INSIDE, F.when(F.col(_IMAGE_FOUND) & ~crowd, inside))
         if _ready(columns, "annotations_rle_matches_image"):
             is_rle = F.col("segmentation_type").isin(*RLE_TYPES)
             same = (F.col("rle_height") == F.col(_IMAGE_HEIGHT)) & (F.col("rle_width") == F.col(_IMAGE_WIDTH))
@@ -502,10 +704,16 @@ def _build_frames(inputs: dict, columns: dict, params: _Params, existing_images)
     if _ready(columns, "annotations_area_consistent"):
         area, mask_area = F.col("area"), F.col("segmentation_area")
         allowed = F.lit(params.area_rel_tolerance) * F.greatest(area, mask_area) + F.lit(params.area_abs_tolerance_px)
-        # Null (not judged) without a segmentation area; a null area is the schema check's.
+        # Null (not judged) on crowd regions and without a segmentation area; a null area is the schema check's.
         annotations = annotations.withColumn(
-            _AREA_OK, F.when(mask_area.isNotNull(), F.abs(area - mask_area) <= allowed)
+            _AREA_OK, F.when(mask_area.isNotNull() & ~crowd, F.abs(area - mask_area) <= allowed)
         )
+    if _ready(columns, "annotations_bbox_positive_size"):
+        annotations = annotations.withColumn(
+            _BBOX_POSITIVE, F.when(~crowd, (F.col("bbox_w") > 0) & (F.col("bbox_h") > 0))
+        )
+    if "area" in columns[ANNOTATIONS]:
+        annotations = annotations.withColumn(_AREA_VALID, F.when(~crowd, F.col("area") >= 0))
 
     keys = ("batch_id", "category_id")
     if _has(columns, ANNOTATIONS, *keys) and _has(columns, CATEGORIES, *keys):
@@ -658,8 +866,7 @@ def _plan_expectations(columns: dict, params: _Params) -> list[_Planned]:
     check = "annotations_valid_values"
     if needs(check, {ANNOTATIONS: ("iscrowd", "area")}):
         add(check, ANNOTATIONS, gxe.ExpectColumnValuesToBeInSet(column="iscrowd", value_set=[0, 1]))
-        positive = gxe.ExpectColumnValuesToBeBetween(column="area", min_value=0, strict_min=True)
-        add(check, ANNOTATIONS, positive)
+        add(check, ANNOTATIONS, gxe.ExpectColumnValuesToBeInSet(column=_AREA_VALID, value_set=[True]))
     check = "categories_min_annotations"
     if needs(check, {
         CATEGORIES: ("batch_id", "category_id"),
@@ -673,6 +880,7 @@ def _plan_expectations(columns: dict, params: _Params) -> list[_Planned]:
         ("annotations_polygons_well_formed", ANNOTATIONS, _POLYGON_OK),
         ("annotations_rle_matches_image", ANNOTATIONS, _RLE_MATCHES),
         ("annotations_area_consistent", ANNOTATIONS, _AREA_OK),
+        ("annotations_bbox_positive_size", ANNOTATIONS, _BBOX_POSITIVE),
         ("images_duplicate_content", IMAGES, _CONTENT_UNIQUE),
         ("images_decoded_as_declared", IMAGES, _AS_DECLARED),
         ("categories_class_imbalance", CATEGORIES, _BALANCED),
@@ -908,9 +1116,14 @@ def _describe(definition: QualityCheckDefinition, params: _Params | None) -> str
     if definition.name == "annotations_bbox_inside_image":
         tol = params.bbox_tolerance_px
         return (
-            f"bbox_w > 0, bbox_h > 0, bbox_x >= -{tol:g}, bbox_y >= -{tol:g}, "
+            f"Where iscrowd is not 1: bbox_x >= -{tol:g}, bbox_y >= -{tol:g}, "
             f"bbox_x + bbox_w <= width + {tol:g}, bbox_y + bbox_h <= height + {tol:g}; "
             "annotations whose image is missing are left to annotations_reference_existing_images."
+        )
+    if definition.name == "annotations_bbox_positive_size":
+        return (
+            "Where iscrowd is not 1: bbox_w > 0 and bbox_h > 0 (a zero-size box is dropped by the training "
+            "transforms and can't be matched in evaluation)."
         )
     if definition.name == "categories_min_annotations":
         return f"Each category has at least {params.min_annotations} non-crowd annotations in its batch."
@@ -927,7 +1140,7 @@ def _describe(definition: QualityCheckDefinition, params: _Params | None) -> str
         )
     if definition.name == "annotations_area_consistent":
         return (
-            "Where segmentation_area is not null: |area - segmentation_area| <= "
+            "Where iscrowd is not 1 and segmentation_area is not null: |area - segmentation_area| <= "
             f"{params.area_rel_tolerance:g} * max(area, segmentation_area) + {params.area_abs_tolerance_px:g} px."
         )
     if definition.name == "images_duplicate_content":

@@ -1,15 +1,20 @@
-"""Ingestion: one landing batch into the COCO Delta tables, validated by GX asset checks."""
+"""Ingestion: one landing batch into the COCO Delta tables, validated by GX asset checks.
+
+A batch failing a blocking (ERROR) check keeps its rows in the tables and is marked 'held_back' in
+`coco_batches`; `training_dataset` takes validated batches only (cv_pipeline.data.quality.batch_gate).
+The failed blocking checks also fail the batch's run, so the retraining sensor (run success) is not
+triggered by it; the other batches train as before."""
 
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
-from cv_pipeline.data.quality import CHECK_DEFINITIONS, ERROR, failed_blocking, results_as_metadata
+from cv_pipeline.data.quality import CHECK_DEFINITIONS, ERROR, QUALITY_METRICS, results_as_metadata
 from cv_pipeline.defs.partitions import landing_batches
 from cv_pipeline.defs.resources import IngestionPolicy, LakeResource, LandingZoneResource
 
 COCO_TABLES = ("coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "coco_batches")
-QUALITY_TABLE = "coco_quality_metrics"
+QUALITY_TABLE = QUALITY_METRICS
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -26,7 +31,8 @@ _DESCRIPTIONS = {
     "coco_annotations": "Accepted annotations: boxes, area, segmentation JSON with its measured geometry, keypoints.",
     "coco_categories": "Categories of each batch (one taxonomy per landing zone; conflicts are quarantined).",
     "coco_quarantine": "Every rejected record with its source JSON, reason code and message; nothing is lost.",
-    "coco_batches": "One row per batch: info, licenses and other top-level keys, records read/accepted/quarantined.",
+    "coco_batches": "One row per batch: info, licenses and other top-level keys, records read/accepted/quarantined, "
+                    "and its quality status (validated: it may reach training; held_back: a blocking check failed).",
     QUALITY_TABLE: "Quality check results per batch over time (appended on every ingestion), for monitoring.",
 }
 
@@ -58,12 +64,10 @@ def existing_taxonomy(categories_path: str, batch_id: str) -> dict[int, str]:
 def coco_tables(context: dg.AssetExecutionContext, spark: PySparkResource, lake: LakeResource,
                 landing: LandingZoneResource, ingestion: IngestionPolicy):
     """Parse, validate and write one batch; replaces that batch's rows, so re-runs are idempotent."""
-    from pyspark.sql import functions as F
-
     from cv_pipeline.data.coco import COCOFormatError
     from cv_pipeline.data.delta_io import append_rows
     from cv_pipeline.data.processor import COCOProcessor, batch_record
-    from cv_pipeline.data.quality import quality_metrics_rows, quality_metrics_table, run_quality_suites
+    from cv_pipeline.data.quality import validate_ingested_batch
 
     batch_id = context.partition_key
     batch_dir = landing.batch_dir(batch_id)
@@ -79,11 +83,19 @@ def coco_tables(context: dg.AssetExecutionContext, spark: PySparkResource, lake:
         raise dg.Failure(description=f"Batch {batch_id} could not be ingested: {exc}",
                          metadata={"batch_id": batch_id, "error": str(exc)}) from exc
 
-    # Each table's batch is replaced by one atomic commit, straight from Arrow (delta-rs).
+    # Each table's batch is replaced by one atomic commit, straight from Arrow (delta-rs); coco_batches
+    # first, with status 'pending': the batch is held back until its checks have passed.
     versions = batch.write(lake.table_path)
     row_counts = {name: rows.num_rows for name, rows in batch.tables.items()}
 
+    def table_metadata(name: str, version: int) -> dict:
+        return {"batch_id": batch_id, "dagster/row_count": row_counts[name], "delta_version": version,
+                "delta_versions": dg.MetadataValue.json(versions),
+                "path": dg.MetadataValue.path(lake.table_path(name)), "source_file": batch.source_file}
+
     for name in COCO_TABLES:
+        if name == "coco_batches":
+            continue  # materialized once its status is recorded, below
         extra = {}
         if name == "coco_quarantine":
             extra = {"quarantined_by_reason": dg.MetadataValue.json(batch.counts["quarantined_by_reason"])}
@@ -94,41 +106,35 @@ def coco_tables(context: dg.AssetExecutionContext, spark: PySparkResource, lake:
                      "image_storage": "bytes + sha256" if ingestion.store_image_bytes else "path + sha256"}
         if name == "coco_categories":
             extra = {"taxonomy_conflicts": batch.counts["quarantined_by_reason"].get("taxonomy_conflict", 0)}
-        yield dg.MaterializeResult(
-            asset_key=name,
-            metadata={
-                "batch_id": batch_id,
-                "dagster/row_count": row_counts[name],
-                "delta_version": versions[name],
-                "delta_versions": dg.MetadataValue.json(versions),
-                "path": dg.MetadataValue.path(lake.table_path(name)),
-                "source_file": batch.source_file,
-                **extra,
-            },
-        )
+        yield dg.MaterializeResult(asset_key=name, metadata={**table_metadata(name, versions[name]), **extra})
 
-    # The checks read back what was written, with Spark (so they scale out on a cluster).
-    def written(name: str):
-        return session.read.format("delta").load(lake.table_path(name)).where(F.col("batch_id") == batch_id)
-
-    existing_images = (session.read.format("delta").load(lake.table_path("coco_images"))
-                       .where(F.col("batch_id") != batch_id).select("batch_id", "image_id", "sha256"))
-    results = run_quality_suites(written("coco_images"), written("coco_annotations"), written("coco_categories"),
-                                 existing_images_df=existing_images, **ingestion.check_options())
-    metrics = quality_metrics_rows(batch_id, results, run_id=context.run_id)
-    metrics_version = append_rows(quality_metrics_table(metrics), lake.table_path(QUALITY_TABLE))
+    # The checks read back what was written, with Spark (so they scale out on a cluster); their results
+    # go to coco_quality_metrics and decide the batch's status in coco_batches (validated / held_back).
+    validation = validate_ingested_batch(session, lake.table_path, batch_id, run_id=context.run_id,
+                                         **ingestion.check_options())
+    results = validation.results
     failed = [r for r in results if not r.passed]
+    yield dg.MaterializeResult(asset_key="coco_batches", metadata={
+        **table_metadata("coco_batches", validation.batches_version),
+        "status": validation.status,
+        "status_message": validation.status_message,
+        "failed_checks": dg.MetadataValue.json(validation.failed_checks),
+    })
     yield dg.MaterializeResult(
         asset_key=QUALITY_TABLE,
         metadata={
             "batch_id": batch_id,
-            "dagster/row_count": len(metrics),
-            "delta_version": metrics_version,
+            "dagster/row_count": validation.metrics_rows,
+            "delta_version": validation.metrics_version,
             "path": dg.MetadataValue.path(lake.table_path(QUALITY_TABLE)),
             "checks_passed": len(results) - len(failed),
             "checks_failed": dg.MetadataValue.json([f"{r.name} ({r.severity})" for r in failed]),
         },
     )
+    if validation.held_back:
+        # The batch's rows stay in the tables for inspection; training_dataset leaves it out. The failed
+        # blocking checks below also fail this run, so no retraining is requested for it.
+        context.log.error(f"Batch {batch_id}: {validation.status_message}")
     for result in results:
         yield dg.AssetCheckResult(
             asset_key=result.table,
@@ -137,10 +143,4 @@ def coco_tables(context: dg.AssetExecutionContext, spark: PySparkResource, lake:
             severity=dg.AssetCheckSeverity.ERROR if result.severity == ERROR else dg.AssetCheckSeverity.WARN,
             metadata={"batch_id": batch_id, **{k: dg.MetadataValue.json(v) if isinstance(v, list) else v
                                                for k, v in results_as_metadata(result).items()}},
-        )
-    blocking = failed_blocking(results)
-    if blocking:
-        context.log.error(
-            f"Batch {batch_id} failed blocking quality checks: "
-            + ", ".join(f"{r.name} ({r.unexpected_count} bad, e.g. {r.unexpected_sample[:3]})" for r in blocking)
         )

@@ -26,7 +26,8 @@ class TrainingDatasetConfig(dg.Config):
     deps=[dg.AssetDep(name) for name in COCO_TABLES],
     group_name="training",
     kinds={"delta"},
-    description="Deterministic train/val/test split of every trainable object, pinned to the Delta versions it read.",
+    description="Deterministic train/val/test split of every trainable object of the validated batches (held-back "
+                "batches are listed, not read), pinned to the Delta versions it read.",
     check_specs=[dg.AssetCheckSpec(definition.name, asset="training_dataset", blocking=definition.severity == ERROR,
                                    description=f"Great Expectations: {definition.description}")
                  for definition in TRAINING_CHECK_DEFINITIONS],
@@ -43,6 +44,8 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
         fractions={"train": config.train_fraction, "val": config.val_fraction, "test": config.test_fraction},
         min_box_size=config.min_box_size,
     )
+    for held in manifest.held_back_batches:
+        context.log.warning(f"batch {held['batch_id']} held back from training_dataset: {held['message']}")
     from cv_pipeline.data.delta_io import read_table
     from cv_pipeline.data.quality import results_as_metadata, run_split_leakage_check
 
@@ -63,6 +66,8 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
         "num_classes": len(manifest.labels),
         "labels": dg.MetadataValue.json(manifest.labels),
         "dataset_hash": manifest.content_hash,
+        "batches": dg.MetadataValue.json(manifest.batches),
+        "held_back_batches": dg.MetadataValue.json(manifest.held_back_batches),
     })
 
 

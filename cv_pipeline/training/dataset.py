@@ -1,9 +1,10 @@
 """`training_dataset`: a deterministic split manifest pinned to the Delta versions it was built from.
 
-Reads the validated COCO tables with delta-rs (no JVM), keeps one row per trainable object, assigns
-each image to train/val/test by a seeded hash of its content (identical images always share a
-split, so duplicates cannot leak across splits), and writes the manifest as a Delta table whose
-commit carries the source versions and label map.
+Reads the COCO tables with delta-rs (no JVM), only the batches the quality gate lets through
+(`cv_pipeline.data.quality.batch_gate`: status 'validated' in `coco_batches`), keeps one row per
+trainable object, assigns each image to train/val/test by a seeded hash of its content (identical
+images always share a split, so duplicates cannot leak across splits), and writes the manifest as a
+Delta table whose commit carries the source versions, label map and the batches read and held back.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class DatasetManifest:
     fractions: dict[str, float]
     content_hash: str
     extra: dict = field(default_factory=dict)
+    # The batches read (None in manifests written before batches were gated), and those left out:
+    # [{"batch_id", "failed_checks", "message"}].
+    batches: list[str] | None = None
+    held_back_batches: list[dict] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -80,8 +85,16 @@ def build_training_dataset(
     min_box_size: float = 4.0,
     versions: dict[str, int] | None = None,
 ) -> DatasetManifest:
-    """Build and write the manifest table; `versions` pins the source tables (default: their latest)."""
+    """Build and write the manifest table; `versions` pins the source tables (default: their latest).
+
+    Only the batches the quality gate lets through are read (`batch_gate`: status 'validated' in
+    `coco_batches`, read at `versions["coco_batches"]` or, by default, after the other tables'
+    versions are pinned, so a batch being re-ingested is seen as 'pending'); the others are listed in
+    `manifest.held_back_batches`. A lake without a `coco_batches` table has no gate: every batch is read.
+    """
     from deltalake import CommitProperties, write_deltalake
+
+    from cv_pipeline.data.quality import BATCHES, batch_gate
 
     fractions = fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
     if set(fractions) != set(SPLITS) or abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) <= 0:
@@ -93,14 +106,32 @@ def build_training_dataset(
         if version is None:
             raise FileNotFoundError(f"table {name} does not exist under {lake_dir}; ingest a batch first")
         pinned[name] = int(version)
+    gate = batch_gate(lake_dir, (versions or {}).get(BATCHES))
+    if gate.version is not None:
+        pinned[BATCHES] = gate.version
 
     images = read_table(lake_dir / "coco_images", pinned["coco_images"],
                         columns=["batch_id", "image_id", "file_path", "width", "height", "sha256"])
+    present = sorted(set(images.column("batch_id").to_pylist()))
+    held_back = [b._asdict() for b in gate.held_back if b.batch_id in present]
+    if gate.eligible is None:
+        batches = present
+    else:
+        batches = [b for b in present if b in set(gate.eligible)]
+        known = set(gate.eligible) | {b.batch_id for b in gate.held_back}
+        held_back += [{"batch_id": b, "failed_checks": [], "message": "no coco_batches row: its quality status is "
+                       "unknown; re-ingest the batch"} for b in present if b not in known]
+        held_back.sort(key=lambda b: b["batch_id"])
+        if not batches:
+            raise ValueError("training_dataset: no validated batch to train on; held back: " + "; ".join(
+                f"{b['batch_id']} ({b['message']})" for b in held_back))
+        images = images.filter(pc.is_in(images["batch_id"], value_set=pa.array(batches, pa.string())))
+    only = [("batch_id", "in", batches)] if gate.eligible is not None else None
     annotations = read_table(lake_dir / "coco_annotations", pinned["coco_annotations"],
                              columns=["batch_id", "annotation_id", "image_id", "category_id", "bbox_x", "bbox_y",
-                                      "bbox_w", "bbox_h", "iscrowd"])
+                                      "bbox_w", "bbox_h", "iscrowd"], filters=only)
     categories = read_table(lake_dir / "coco_categories", pinned["coco_categories"],
-                            columns=["batch_id", "category_id", "name", "supercategory"])
+                            columns=["batch_id", "category_id", "name", "supercategory"], filters=only)
     labels = resolve_labels(categories)
     label_of = {label["category_id"]: label["index"] for label in labels}
 
@@ -133,6 +164,7 @@ def build_training_dataset(
         table_path=str(output_path), version=-1, source_versions=pinned, labels=labels,
         split_counts=split_counts, split_images=split_images, seed=seed, fractions=fractions,
         content_hash=content_hash, extra={"min_box_size": min_box_size, "objects": len(rows)},
+        batches=batches, held_back_batches=held_back,
     )
     write_deltalake(
         str(output_path), table, mode="overwrite", schema_mode="overwrite",

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from cv_pipeline.data.quality import (
@@ -158,18 +159,22 @@ def test_clean_data_passes_every_check(clean_results):
     assert results["annotations_reference_existing_images"].element_count == 24
     assert all(r.unexpected_sample == [] for r in clean_results)
     assert results["categories_min_annotations"].severity == WARN
-    # Conditional checks count the rows they judge: per batch 9 polygons, 2 RLEs, 11 segmentation areas.
+    # Conditional checks count the rows they judge: per batch 9 polygons, 2 RLEs, 10 non-crowd
+    # segmentation areas (the crowd region's is not judged), 11 non-crowd boxes.
     assert results["annotations_polygons_well_formed"].element_count == 18
     assert results["annotations_rle_matches_image"].element_count == 4
-    assert results["annotations_area_consistent"].element_count == 22
+    assert results["annotations_area_consistent"].element_count == 20
+    assert results["annotations_bbox_inside_image"].element_count == 22
+    assert results["annotations_bbox_positive_size"].element_count == 22
     assert results["images_duplicate_content"].element_count == 6
     assert results["categories_class_imbalance"].element_count == 4
     severities = {name: results[name].severity for name in NEW_CHECKS}
     assert severities == {
         "annotations_polygons_well_formed": ERROR, "annotations_rle_matches_image": ERROR,
-        "annotations_area_consistent": ERROR, "images_duplicate_content": WARN,
+        "annotations_area_consistent": WARN, "images_duplicate_content": WARN,
         "categories_class_imbalance": WARN,
     }
+    assert results["annotations_bbox_positive_size"].severity == WARN
     assert "0.2 * max(area, segmentation_area) + 16 px" in results["annotations_area_consistent"].description
     meta = results_as_metadata(results["annotations_bbox_inside_image"])
     assert json.loads(json.dumps(meta)) == meta
@@ -209,6 +214,21 @@ def defect_rows() -> dict[str, list[dict]]:
                    rle_height=WIDTH, rle_width=HEIGHT))
     # area 300 for a 600 px polygon: 300 off, more than 0.2 * 600 + 16.
     add(annotation("b2", 311, image_id=1, category_id=1, bbox=(1.0, 1.0, 20.0, 30.0), area=300.0))
+    # Shapes real exports have, none of which may block a batch: crowd regions whose box pokes out of
+    # the image, whose area is not their mask's (COCO val2017: 1,340 stated against 1,004 pixels), or
+    # whose box is empty with a negative area; a box-only annotation with area 0 (CVAT, Roboflow); a
+    # zero-height box over a 4-point line (COCO train2017 has two: a WARN); a box 0.8 px past the edge.
+    add(annotation("b2", 312, image_id=1, category_id=1, bbox=(90.0, 1.0, 30.0, 5.0), iscrowd=1, area=1340.0,
+                   segmentation_type="rle_uncompressed", segmentation_area=1004.0))
+    add(annotation("b2", 313, image_id=1, category_id=1, bbox=(1.0, 1.0, 0.0, 5.0), iscrowd=1, area=-5.0,
+                   segmentation_type="rle_uncompressed"))
+    add(annotation("b2", 314, image_id=1, category_id=1, bbox=(1.0, 1.0, 5.0, 5.0), area=0.0,
+                   segmentation_type="none"))
+    add(annotation("b2", 315, image_id=1, category_id=1, bbox=(10.0, 20.0, 1.03, 0.0), area=0.0, polygon_count=1,
+                   min_polygon_coords=8, segmentation_area=0.0))
+    add(annotation("b2", 316, image_id=1, category_id=1, bbox=(1.0, 1.0, 5.0, 5.0), area=-1.0,
+                   segmentation_type="none"))  # a negative area: evaluation would drop the object
+    add(annotation("b2", 317, image_id=1, category_id=1, bbox=(80.0, 1.0, 20.8, 5.0)))
     # Image (b2, 4) has the bytes of (b2, 1).
     twin = next(i for i in rows["images"] if (i["batch_id"], i["image_id"]) == ("b2", 1))
     rows["images"].append(dict(twin, image_id=4, file_name="4.jpg", file_path="/landing/b2/images/4.jpg"))
@@ -241,11 +261,13 @@ def test_defects_fail_exactly_their_checks(defect_results):
         "annotations_reference_existing_images",
         "annotations_reference_existing_categories",
         "annotations_bbox_inside_image",
+        "annotations_bbox_positive_size",
         "annotations_valid_values",
         "categories_min_annotations",
         *NEW_CHECKS,
     }
-    warnings = {"categories_min_annotations", "images_duplicate_content", "categories_class_imbalance"}
+    warnings = {"categories_min_annotations", "images_duplicate_content", "categories_class_imbalance",
+                "annotations_area_consistent", "annotations_bbox_positive_size"}
     assert {r.name for r in failed_blocking(list(defect_results.values()))} == (
         failed_names(defect_results.values()) - warnings)
 
@@ -279,28 +301,29 @@ def test_dangling_category_id(defect_results):
 def test_bbox_past_right_edge(defect_results):
     result = defect_results["annotations_bbox_inside_image"]
     assert not result.passed and result.severity == ERROR
-    # 303 (20 px past the right edge) and 304 (zero width, next test) are the two offenders.
-    assert result.unexpected_count == 2
-    assert 303 in result.unexpected_sample
-    # 301's image is missing: left to the reference check, not judged here.
-    assert 301 not in result.unexpected_sample
-    assert result.element_count == defect_results["annotations_reference_existing_images"].element_count - 1
+    # 303 (20 px past the right edge) is the one offender: 312 (crowd) is not judged, 317 (0.8 px past
+    # the edge) is within the tolerance, and empty boxes (304, 315) are annotations_bbox_positive_size's.
+    assert (result.unexpected_count, result.unexpected_sample) == (1, [303])
+    # 301's image is missing (left to the reference check) and the 4 crowd regions are not judged.
+    assert result.element_count == defect_results["annotations_reference_existing_images"].element_count - 1 - 4
 
 
-def test_zero_width_bbox(defect_results):
-    result = defect_results["annotations_bbox_inside_image"]
-    assert not result.passed
-    assert 304 in result.unexpected_sample
-    assert sorted(result.unexpected_sample) == [303, 304]
-    # Its area was kept positive, so only the bbox check sees it.
-    assert 304 not in defect_results["annotations_valid_values"].unexpected_sample
+def test_zero_size_bbox_is_a_warning(defect_results):
+    result = defect_results["annotations_bbox_positive_size"]
+    assert not result.passed and result.severity == WARN
+    # 304 (zero width) and 315 (COCO train2017's zero-height line); 313 is a crowd region.
+    assert sorted(result.unexpected_sample) == [304, 315] and result.unexpected_count == 2
+    assert "annotations_bbox_positive_size" not in {r.name for r in failed_blocking(list(defect_results.values()))}
+    # Their areas are not negative, so only this check sees them.
+    assert not {304, 315} & set(defect_results["annotations_valid_values"].unexpected_sample)
 
 
-def test_iscrowd_out_of_range(defect_results):
+def test_iscrowd_out_of_range_and_negative_area(defect_results):
     result = defect_results["annotations_valid_values"]
-    assert not result.passed
-    assert result.unexpected_count == 1
-    assert result.unexpected_sample == [305]
+    assert not result.passed and result.severity == ERROR
+    # 305: iscrowd 2; 316: area -1. Area 0 (314, 315) passes, and 313's negative area is a crowd region's.
+    assert result.unexpected_count == 2
+    assert sorted(result.unexpected_sample) == [305, 316]
     iscrowd = next(e for e in result.expectations if e["kwargs"].get("column") == "iscrowd")
     assert iscrowd["success"] is False and iscrowd["unexpected_count"] == 1
 
@@ -320,9 +343,9 @@ def test_malformed_polygons(defect_results):
     assert not result.passed and result.severity == ERROR
     assert result.unexpected_count == 3
     assert sorted(result.unexpected_sample) == [307, 308, 309]
-    # RLE and segmentation-less rows are not judged: 9 clean polygons per batch, 65 in b3, and 10 added
-    # (the copy of (b2, 105), 302-309 and 311, not the RLEs 301 and 310).
-    assert result.element_count == 18 + 65 + 10
+    # RLE and segmentation-less rows are not judged: 9 clean polygons per batch, 65 in b3, and 12 added
+    # (the copy of (b2, 105), 302-309, 311, 315 and 317).
+    assert result.element_count == 18 + 65 + 12
 
 
 def test_rle_size_differs_from_image(defect_results):
@@ -330,18 +353,20 @@ def test_rle_size_differs_from_image(defect_results):
     assert not result.passed and result.severity == ERROR
     assert result.unexpected_count == 1
     assert result.unexpected_sample == [310]
-    # 301's image is missing: left to the reference check.
-    assert result.element_count == 4 + 1
+    # 301's image is missing: left to the reference check. Crowd RLEs (312, 313) are judged: a mask of
+    # another size can't be laid on its image, crowd or not.
+    assert result.element_count == 4 + 1 + 2
     assert "rle_height" in result.description
 
 
-def test_area_far_from_segmentation_area(defect_results):
+def test_area_far_from_segmentation_area_is_a_warning(defect_results):
     result = defect_results["annotations_area_consistent"]
-    assert not result.passed and result.severity == ERROR
+    assert not result.passed and result.severity == WARN
     assert result.unexpected_count == 1
+    # 312, a crowd region whose area is not its mask's (as in COCO itself), is not judged; 101's 24 px
+    # mask area for a 9 px polygon is within 0.2 * 24 + 16.
     assert result.unexpected_sample == [311]
-    # 101's 24 px mask area for a 9 px polygon is within 0.2 * 24 + 16.
-    assert 101 not in result.unexpected_sample
+    assert "annotations_area_consistent" not in {r.name for r in failed_blocking(list(defect_results.values()))}
 
 
 def test_duplicate_content_within_batch_is_a_warning(defect_results):
@@ -383,7 +408,7 @@ def test_options_fail_only_their_checks(option_results):
     assert failed_names(option_results.values()) == {
         "images_duplicate_content", "categories_class_imbalance", "annotations_area_consistent",
     }
-    assert [r.name for r in failed_blocking(list(option_results.values()))] == ["annotations_area_consistent"]
+    assert failed_blocking(list(option_results.values())) == []
 
 
 def test_duplicate_content_of_another_batch(option_results):
@@ -481,8 +506,8 @@ def test_quality_metrics_rows(spark, clean_results, defect_results):
     polygons = next(r for r in rows if r["check_name"] == "annotations_polygons_well_formed")
     assert polygons == {
         "batch_id": "b2", "check_name": "annotations_polygons_well_formed", "table_name": "coco_annotations",
-        "severity": ERROR, "passed": False, "element_count": 93, "unexpected_count": 3,
-        "unexpected_fraction": pytest.approx(3 / 93), "evaluated_at": at, "run_id": "run-1",
+        "severity": ERROR, "passed": False, "element_count": 95, "unexpected_count": 3,
+        "unexpected_fraction": pytest.approx(3 / 95), "evaluated_at": at, "run_id": "run-1",
     }
     not_evaluated = QualityCheckResult("x", "coco_images", WARN, False, "", 0, 1, ["sha256"], [])
     defaults = quality_metrics_rows("b1", [*clean_results, not_evaluated])
@@ -491,7 +516,7 @@ def test_quality_metrics_rows(spark, clean_results, defect_results):
     assert len({r["evaluated_at"] for r in defaults}) == 1
     table = spark.createDataFrame(quality_metrics_table(rows + defaults))  # what ingestion appends
     assert table.count() == 2 * len(CHECK_DEFINITIONS) + 1
-    assert table.filter("passed = false and batch_id = 'b2'").count() == len(NEW_CHECKS) + 7
+    assert table.filter("passed = false and batch_id = 'b2'").count() == len(NEW_CHECKS) + 8
 
 
 def test_missing_column_and_wrong_type_fail_schema(spark):
@@ -524,3 +549,236 @@ def test_rejects_non_spark_input(spark):
     images, annotations, _ = frames(spark, clean_rows())
     with pytest.raises(TypeError, match="categories_df"):
         run_quality_suites(images, annotations, [])
+
+
+# --------------------------------------------------------------------------- real-world exports
+#
+# Documents shaped the way COCO 2017 itself and common labelling tools export them, written to a
+# temporary landing zone with generated images and ingested by the real parser. None of them may
+# lose a record or fail a blocking check.
+
+
+def _column_major_rle(mask) -> list[int]:
+    """COCO's uncompressed RLE counts of a binary mask (column-major, starting with a 0-run)."""
+    import numpy as np
+
+    flat = mask.flatten(order="F").astype(np.int8)
+    boundaries = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate([[0], boundaries, [flat.size]])).tolist()
+    return [0, *counts] if flat[0] else counts
+
+
+def _mask_area_and_box(polygons, height, width):
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    return float(mask_utils.area(rle)), [round(float(v), 2) for v in mask_utils.toBbox(rle)]
+
+
+def _crowd(annotation_id, image_id, category_id, mask, stated_area):
+    """A COCO crowd annotation: uncompressed RLE, its box tight around the mask, `area` as COCO states it."""
+    import numpy as np
+
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    box = [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
+    return {"segmentation": {"counts": _column_major_rle(mask), "size": list(mask.shape)}, "area": stated_area,
+            "iscrowd": 1, "image_id": image_id, "bbox": box, "category_id": category_id, "id": annotation_id}
+
+
+def real_world_documents() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
+    """batch id -> (COCO document, {file_name: (width, height)})."""
+    import numpy as np
+
+    # COCO val2017 (instances_val2017.json's shape): an object polygon whose area is its mask's, one
+    # touching the right edge with sub-pixel coordinates past it, and two crowd regions whose stated
+    # area is not their RLE's pixel count (1,340 against 1,004; 44,673 against 27,008, as in COCO).
+    height, width = 427, 640
+    person = [[120.31, 80.22, 180.5, 82.0, 190.12, 300.74, 110.0, 298.4]]
+    person_area, person_box = _mask_area_and_box(person, height, width)
+    edge = [[600.1, 100.2, 640.4, 100.2, 640.4, 150.7, 600.1, 150.7]]
+    edge_area, _ = _mask_area_and_box(edge, height, width)
+    small_crowd = np.zeros((height, width), np.uint8)
+    small_crowd[10:14, 300:551] = 1  # 4 x 251 = 1,004 px
+    large_crowd = np.zeros((height, width), np.uint8)
+    large_crowd[200:328, 400:611] = 1  # 128 x 211 = 27,008 px
+    assert int(small_crowd.sum()) == 1004 and int(large_crowd.sum()) == 27008
+    coco_val = {
+        "info": {"description": "COCO 2017 Dataset", "url": "http://cocodataset.org", "version": "1.0",
+                 "year": 2017, "contributor": "COCO Consortium", "date_created": "2017/09/01"},
+        "licenses": [{"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"}],
+        "images": [{"license": 4, "file_name": "000000397133.jpg",
+                    "coco_url": "http://images.cocodataset.org/val2017/000000397133.jpg", "height": height,
+                    "width": width, "date_captured": "2013-11-14 17:02:52",
+                    "flickr_url": "http://farm7.staticflickr.com/6116/6255196340_da26cf2c9e_z.jpg", "id": 397133}],
+        "annotations": [
+            {"segmentation": person, "area": person_area, "iscrowd": 0, "image_id": 397133, "bbox": person_box,
+             "category_id": 1, "id": 200887},
+            {"segmentation": edge, "area": edge_area, "iscrowd": 0, "image_id": 397133,
+             "bbox": [600.1, 100.2, 40.3, 50.5], "category_id": 1, "id": 200888},
+            _crowd(900100397133, 397133, 1, small_crowd, 1340.0),
+            _crowd(900100397134, 397133, 1, large_crowd, 44673.0),
+        ],
+        "categories": [{"supercategory": "person", "id": 1, "name": "person"}],
+    }
+    # COCO train2017: annotation 918 of image 200365, a zero-height box over a 4-point line, area 0.
+    coco_train = {
+        "info": coco_val["info"], "licenses": coco_val["licenses"],
+        "images": [{"license": 4, "file_name": "000000200365.jpg", "height": height, "width": width, "id": 200365}],
+        "annotations": [
+            {"segmentation": [[296.65, 388.33, 296.65, 388.33, 297.68, 388.33, 297.68, 388.33]], "area": 0.0,
+             "iscrowd": 0, "image_id": 200365, "bbox": [296.65, 388.33, 1.03, 0.0], "category_id": 58, "id": 918},
+            {"segmentation": person, "area": person_area, "iscrowd": 0, "image_id": 200365, "bbox": person_box,
+             "category_id": 58, "id": 919},
+        ],
+        "categories": [{"supercategory": "food", "id": 58, "name": "hot dog"}],
+    }
+    # CVAT "COCO 1.0": box-only annotations with `segmentation: []` and area w*h, attributes, empty info
+    # strings, `date_captured: 0`; a mask exported as a crowd RLE; a box over the whole frame.
+    cvat_mask = np.zeros((240, 320), np.uint8)
+    cvat_mask[50:90, 60:140] = 1
+    cvat = {
+        "licenses": [{"name": "", "id": 0, "url": ""}],
+        "info": {"contributor": "", "date_created": "", "description": "", "url": "", "version": "", "year": ""},
+        "categories": [{"id": 1, "name": "car", "supercategory": ""}, {"id": 2, "name": "road", "supercategory": ""}],
+        "images": [{"id": 1, "width": 320, "height": 240, "file_name": "frame_000000.png", "license": 0,
+                    "flickr_url": "", "coco_url": "", "date_captured": 0}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [], "area": 1515.0,
+             "bbox": [10.0, 20.0, 50.5, 30.0], "iscrowd": 0, "attributes": {"occluded": False, "rotation": 0.0}},
+            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": [], "area": 76800.0,
+             "bbox": [0.0, 0.0, 320.0, 240.0], "iscrowd": 0, "attributes": {"occluded": True, "rotation": 0.0}},
+            {**_crowd(3, 1, 2, cvat_mask, float(cvat_mask.sum())), "attributes": {"occluded": False}},
+        ],
+    }
+    # Roboflow: a placeholder category 0 named after the project, box-only annotations with
+    # `segmentation: []`, area w*h or 0, integer and float coordinates, ids from 0.
+    roboflow = {
+        "info": {"year": "2023", "version": "3", "description": "Exported from roboflow.com", "contributor": "",
+                 "url": "https://public.roboflow.com/object-detection/vehicles", "date_created": "2023-05-01T12:00:00+00:00"},
+        "licenses": [{"id": 1, "url": "https://creativecommons.org/licenses/by/4.0/", "name": "CC BY 4.0"}],
+        "categories": [{"id": 0, "name": "vehicles", "supercategory": "none"},
+                       {"id": 1, "name": "car", "supercategory": "vehicles"},
+                       {"id": 2, "name": "truck", "supercategory": "vehicles"}],
+        "images": [{"id": 0, "license": 1, "file_name": "img1_jpg.rf.3c1f4e0b8a.jpg", "height": 240, "width": 320,
+                    "date_captured": "2023-05-01T12:00:00+00:00"}],
+        "annotations": [
+            {"id": 0, "image_id": 0, "category_id": 1, "bbox": [10, 20, 50.5, 30], "area": 1515, "segmentation": [],
+             "iscrowd": 0},
+            {"id": 1, "image_id": 0, "category_id": 2, "bbox": [200, 100, 119.99, 140], "area": 0,
+             "segmentation": [], "iscrowd": 0},
+        ],
+    }
+    # Label Studio: no licenses, categories without supercategory, `ignore`, float noise on a box
+    # reaching the right edge, file names under a folder; one annotation without iscrowd (as some
+    # converters write them).
+    label_studio = {
+        "images": [{"width": 320, "height": 240, "id": 0, "file_name": "images/5e1a2b3c-photo.jpg"}],
+        "categories": [{"id": 0, "name": "Car"}, {"id": 1, "name": "Truck"}],
+        "annotations": [
+            {"id": 0, "image_id": 0, "category_id": 0, "segmentation": [],
+             "bbox": [250.00000000000003, 10.0, 70.00000000000006, 50.0], "ignore": 0, "iscrowd": 0,
+             "area": 3500.0000000000036},
+            {"id": 1, "image_id": 0, "category_id": 1, "segmentation": [], "bbox": [5.0, 5.0, 40.0, 30.0],
+             "ignore": 0, "area": 1200.0},
+        ],
+        "info": {"year": 2024, "version": "1.0", "description": "", "contributor": "Label Studio", "url": "",
+                 "date_created": "2024-01-01 00:00:00.000000"},
+    }
+    # labelme2coco: nulls in info, licenses and images, a `_background_` category without annotations,
+    # `type`, polygons whose area and box come from their mask (pycocotools).
+    cat = [[40.0, 30.0, 160.0, 35.0, 150.0, 200.0, 45.0, 190.0]]
+    cat_area, cat_box = _mask_area_and_box(cat, 240, 320)
+    labelme = {
+        "info": {"description": None, "url": None, "version": None, "year": 2024, "contributor": None,
+                 "date_created": "2024-01-01 00:00:00.000000"},
+        "licenses": [{"url": None, "id": 0, "name": None}],
+        "images": [{"license": 0, "url": None, "file_name": "JPEGImages/cat_01.jpg", "height": 240, "width": 320,
+                    "date_captured": None, "id": 0}],
+        "type": "instances",
+        "annotations": [{"id": 0, "image_id": 0, "category_id": 1, "segmentation": cat, "area": cat_area,
+                         "bbox": cat_box, "iscrowd": 0}],
+        "categories": [{"supercategory": None, "id": 0, "name": "_background_"},
+                       {"supercategory": None, "id": 1, "name": "cat"}],
+    }
+    sizes = {"coco_val2017": {"000000397133.jpg": (640, 427)}, "coco_train2017": {"000000200365.jpg": (640, 427)},
+             "cvat": {"frame_000000.png": (320, 240)}, "roboflow": {"img1_jpg.rf.3c1f4e0b8a.jpg": (320, 240)},
+             "label_studio": {"images/5e1a2b3c-photo.jpg": (320, 240)}, "labelme": {"JPEGImages/cat_01.jpg": (320, 240)}}
+    documents = {"coco_val2017": coco_val, "coco_train2017": coco_train, "cvat": cvat, "roboflow": roboflow,
+                 "label_studio": label_studio, "labelme": labelme}
+    return {name: (documents[name], sizes[name]) for name in documents}
+
+
+def write_landing_batch(root, batch_id: str, document: dict, sizes: dict, seed: int):
+    """A landing batch folder: annotations.json, random-noise images at their file names, _SUCCESS."""
+    import numpy as np
+    from PIL import Image
+
+    batch = root / batch_id
+    rng = np.random.default_rng(seed)
+    for file_name, (width, height) in sizes.items():
+        path = batch / "images" / file_name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    (batch / "annotations.json").write_text(json.dumps(document))
+    (batch / "_SUCCESS").touch()
+    return batch
+
+
+@pytest.fixture(scope="module")
+def real_world(spark, tmp_path_factory):
+    """The real-world-shaped batches, ingested (image facts taken here, not by Spark's inspection job)
+    and checked together: (batches, results)."""
+    import hashlib
+
+    from cv_pipeline.data.processor import COCOProcessor
+
+    root = tmp_path_factory.mktemp("real_world_landing")
+    processor = COCOProcessor(spark)
+    batches, images, annotations, categories = {}, [], [], []
+    for seed, (batch_id, (document, sizes)) in enumerate(real_world_documents().items()):
+        batch_dir = write_landing_batch(root, batch_id, document, sizes, seed)
+        batch = processor.ingest_batch(batch_dir, inspect_images=False)
+        table = batch.tables["coco_images"]
+        files = [batch_dir / "images" / name for name in table.column("file_name").to_pylist()]
+        facts = {"file_path": [str(f) for f in files],
+                 "sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files],
+                 "actual_width": table.column("width").to_pylist(), "actual_height": table.column("height").to_pylist(),
+                 "image_format": ["PNG" if f.suffix == ".png" else "JPEG" for f in files]}
+        for name, values in facts.items():
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, name, pa.array(values, table.schema.field(name).type))
+        batches[batch_id] = batch
+        images.append(table)
+        annotations.append(batch.tables["coco_annotations"])
+        categories.append(batch.tables["coco_categories"])
+    frames = [spark.createDataFrame(pa.concat_tables(tables)) for tables in (images, annotations, categories)]
+    return batches, by_name(run_quality_suites(*frames))
+
+
+def test_real_world_exports_are_ingested_whole_and_pass_every_blocking_check(real_world):
+    batches, results = real_world
+    for batch_id, batch in batches.items():
+        assert batch.counts["quarantined_by_reason"] == {}, (batch_id, batch.counts)
+        assert batch.counts["accepted"] == batch.counts["read"], batch_id
+    assert failed_blocking(list(results.values())) == [], [
+        (r.name, r.unexpected_sample) for r in failed_blocking(list(results.values()))]
+    # The crowd regions' stated areas are not their masks' (COCO's own data), and are not judged.
+    crowd = batches["coco_val2017"].tables["coco_annotations"].filter(pc.equal(
+        batches["coco_val2017"].tables["coco_annotations"]["iscrowd"], 1)).to_pylist()
+    assert sorted((r["area"], r["segmentation_area"]) for r in crowd) == [(1340.0, 1004.0), (44673.0, 27008.0)]
+    assert results["annotations_area_consistent"].passed
+    # Box-only annotations (CVAT, Roboflow, Label Studio) have no segmentation and are typed so.
+    box_only = batches["roboflow"].tables["coco_annotations"].column("segmentation_type").to_pylist()
+    assert box_only == ["none", "none"]
+    # A missing iscrowd is 0 (Label Studio's second annotation).
+    assert batches["label_studio"].tables["coco_annotations"].column("iscrowd").to_pylist() == [0, 0]
+
+
+def test_real_world_exports_warn_where_a_warning_is_due(real_world):
+    _, results = real_world
+    # COCO train2017's zero-height box: reported, not blocking.
+    zero = results["annotations_bbox_positive_size"]
+    assert not zero.passed and zero.severity == WARN and zero.unexpected_sample == [918]
+    # Roboflow's and labelme's annotation-less placeholder categories: too few annotations (WARN).
+    assert {0} <= set(results["categories_min_annotations"].unexpected_sample)
+    assert results["categories_min_annotations"].severity == WARN

@@ -1,4 +1,5 @@
-"""The ingestion asset on real Spark and Delta: quality checks block, unreadable batches leave tables as they were."""
+"""The ingestion asset on real Spark and Delta: a batch failing a blocking check is held back (kept, shown,
+left out of training) until a fixed export is re-ingested; unreadable batches leave tables as they were."""
 
 import json
 import shutil
@@ -46,17 +47,21 @@ def test_good_batch_materializes_all_tables_and_passes_checks(workspace):
     assert materialized["coco_annotations"]["dagster/row_count"].value == 271
     assert materialized["coco_images"]["delta_version"].value == 0
     assert materialized["coco_annotations"]["delta_versions"].value == {name: 0 for name in COCO_TABLES}
+    # coco_batches: written 'pending' with the rows (version 0), then 'validated' once the checks passed
+    assert materialized["coco_batches"]["delta_version"].value == 1
+    assert materialized["coco_batches"]["status"].value == "validated"
     evaluations = result.get_asset_check_evaluations()
     assert evaluations and all(e.passed for e in evaluations if e.severity == dg.AssetCheckSeverity.ERROR)
     [batch] = read_table(workspace["lake"] / "coco_batches").to_pylist()
     assert json.loads(batch["records_read"]) == {"images": 110, "annotations": 271, "categories": 6}
+    assert batch["status"] == "validated" and batch["status_message"].startswith("every blocking check passed")
     metrics = read_table(workspace["lake"] / QUALITY_TABLE).to_pandas()
     assert len(metrics) == len(evaluations) and set(metrics.batch_id) == {"batch_0001"}
 
 
 def test_defective_batch_fails_blocking_checks_and_keeps_rejects(workspace):
     result = ingest(workspace, "batch_defective")
-    # failed blocking checks fail the run, so the retrain sensor (run success) and the CLI do not train
+    # failed blocking checks fail the run, so the retrain sensor (run success) is not triggered by it
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "blocking asset check" in str(failure.event_specific_data.error)
@@ -64,6 +69,18 @@ def test_defective_batch_fails_blocking_checks_and_keeps_rejects(workspace):
     assert "annotations_bbox_inside_image" in failed
     assert 9000016 in failed["annotations_bbox_inside_image"].metadata["unexpected_sample"].value
     assert failed["annotations_bbox_inside_image"].severity == dg.AssetCheckSeverity.ERROR
+    assert {name for name, e in failed.items() if e.severity == dg.AssetCheckSeverity.ERROR} == {
+        "annotations_bbox_inside_image"}
+    # the batch is held back, its rows kept: coco_batches says so, with the failed checks
+    materialized = {e.asset_key.to_user_string(): e.materialization.metadata
+                    for e in result.get_asset_materialization_events()}
+    assert set(materialized) == set(COCO_TABLES) | {QUALITY_TABLE}
+    assert materialized["coco_batches"]["status"].value == "held_back"
+    [row] = read_table(workspace["lake"] / "coco_batches", filters=[("batch_id", "=", "batch_defective")]).to_pylist()
+    assert row["status"] == "held_back" and "annotations_bbox_inside_image" in row["status_message"]
+    assert {c["check"] for c in json.loads(row["failed_checks"])} == set(failed)
+    images = read_table(workspace["lake"] / "coco_images", filters=[("batch_id", "=", "batch_defective")])
+    assert images.num_rows == 9
     quarantine = read_table(workspace["lake"] / "coco_quarantine").to_pandas()
     reasons = set(quarantine.loc[quarantine.batch_id == "batch_defective", "reason_code"])
     assert {"unknown_category", "unknown_image", "image_missing", "image_undecodable", "image_rejected",
@@ -85,6 +102,41 @@ def test_unreadable_batch_fails_and_leaves_tables_as_they_were(workspace):
     quarantine = read_table(workspace["lake"] / "coco_quarantine").to_pandas()
     record = quarantine[(quarantine.batch_id == "batch_bad_json") & (quarantine.record_type == "batch")]
     assert len(record) == 1 and "invalid JSON" in record.iloc[0].message
+
+
+def test_training_dataset_leaves_out_the_held_back_batch(workspace):
+    from cv_pipeline.defs.training import TrainingDatasetConfig, training_dataset
+
+    result = training_dataset(dg.build_asset_context(), config=TrainingDatasetConfig(),
+                              lake=workspace["resources"]["lake"])
+    assert result.metadata["batches"].value == ["batch_0001"]
+    held = result.metadata["held_back_batches"].value
+    assert [(b["batch_id"], b["failed_checks"]) for b in held] == [("batch_defective", ["annotations_bbox_inside_image"])]
+    dataset = read_table(workspace["lake"] / "training_dataset")
+    assert set(dataset.column("batch_id").to_pylist()) == {"batch_0001"}
+
+
+def test_reingesting_a_fixed_export_makes_the_batch_eligible(workspace):
+    from pycocotools import mask as mask_utils
+
+    from cv_pipeline.data.quality import held_back_batches
+    from cv_pipeline.training.dataset import build_training_dataset
+
+    path = workspace["landing"] / "batch_defective" / "annotations.json"
+    document = json.loads(path.read_text())
+    image_size = {i["id"]: (i["height"], i["width"]) for i in document["images"]}
+    [bad] = [a for a in document["annotations"] if a["id"] == 9000016]
+    rle = mask_utils.merge(mask_utils.frPyObjects(bad["segmentation"], *image_size[bad["image_id"]]))
+    bad["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]  # the box of its own segmentation
+    path.write_text(json.dumps(document))
+
+    result = ingest(workspace, "batch_defective")
+    assert result.success
+    assert held_back_batches(workspace["lake"]) == []
+    [row] = read_table(workspace["lake"] / "coco_batches", filters=[("batch_id", "=", "batch_defective")]).to_pylist()
+    assert row["status"] == "validated"
+    manifest = build_training_dataset(workspace["lake"], output_table="training_dataset_fixed")
+    assert manifest.batches == ["batch_0001", "batch_defective"] and manifest.held_back_batches == []
 
 
 def test_reingesting_a_batch_replaces_its_rows(workspace):

@@ -1,10 +1,14 @@
-"""training_dataset: deterministic splits pinned to source versions; time travel rebuilds old ones."""
+"""training_dataset: deterministic splits pinned to source versions; time travel rebuilds old ones;
+only batches whose quality checks passed are read."""
+
+import json
 
 import pyarrow as pa
 import pytest
 
-from cv_pipeline.data.delta_io import replace_batch
+from cv_pipeline.data.delta_io import read_table, replace_batch
 from cv_pipeline.data.processor import COCOProcessor
+from cv_pipeline.data.quality import eligible_batches, held_back_batches, validate_ingested_batch
 from cv_pipeline.training.crops import CropDataset, load_crops
 from cv_pipeline.training.dataset import (
     SOURCE_TABLES,
@@ -15,6 +19,97 @@ from cv_pipeline.training.dataset import (
     resolve_labels,
 )
 from cv_pipeline_tests.samples import SAMPLES
+
+
+@pytest.fixture(scope="module")
+def gated_lake(spark, tmp_path_factory):
+    """The two sample batches and the defective one, each written to every table and checked as
+    ingestion does (`validate_ingested_batch`): the defective batch fails the blocking check
+    annotations_bbox_inside_image and is held back. A fourth batch (batch_0002's export under another
+    id) is written but never checked: it stays 'pending'."""
+    lake_dir = tmp_path_factory.mktemp("gated_lake")
+    processor = COCOProcessor(spark)
+    validations = {}
+    for batch_dir in (SAMPLES / "landing" / "batch_0001", SAMPLES / "landing" / "batch_0002",
+                      SAMPLES / "defective" / "batch_defective"):
+        batch = processor.ingest_batch(batch_dir)
+        batch.write(lambda name: lake_dir / name)
+        validations[batch.batch_id] = validate_ingested_batch(spark, lambda name: lake_dir / name, batch.batch_id)
+    processor.ingest_batch(SAMPLES / "landing" / "batch_0002", "batch_unchecked", inspect_images=False).write(
+        lambda name: lake_dir / name)
+    return lake_dir, validations
+
+
+def test_a_batch_failing_a_blocking_check_never_reaches_the_training_dataset(gated_lake, lake):
+    lake_dir, validations = gated_lake
+    assert {b: v.status for b, v in validations.items()} == {
+        "batch_0001": "validated", "batch_0002": "validated", "batch_defective": "held_back"}
+    assert [r.name for r in validations["batch_defective"].results if not r.passed and r.severity == "ERROR"] == [
+        "annotations_bbox_inside_image"]
+    manifest = build_training_dataset(lake_dir, output_table="ds_gated")
+    assert manifest.batches == ["batch_0001", "batch_0002"]
+    rows = [r for split in ("train", "val", "test") for r in load_split(manifest.table_path, manifest.version, split)]
+    assert {r["batch_id"] for r in rows} == {"batch_0001", "batch_0002"}
+    # No image of the held-back batch, by id or by content.
+    defective = read_table(lake_dir / "coco_images", filters=[("batch_id", "=", "batch_defective")])
+    assert defective.num_rows > 0
+    assert not set(defective.column("sha256").to_pylist()) & {r["sha256"] for r in rows}
+    # Its rows stay in the tables, for inspection; the manifest says which batches were left out and why.
+    held = {b["batch_id"]: b for b in manifest.held_back_batches}
+    assert set(held) == {"batch_defective", "batch_unchecked"}
+    assert held["batch_defective"]["failed_checks"] == ["annotations_bbox_inside_image"]
+    assert "9000016" in held["batch_defective"]["message"]
+    assert held["batch_unchecked"]["failed_checks"] == [] and "have not run" in held["batch_unchecked"]["message"]
+    assert set(manifest.source_versions) == {*SOURCE_TABLES, "coco_batches"}
+    assert load_manifest(manifest.table_path).batches == manifest.batches
+    # The same objects, labels and splits as a lake that holds the two sample batches only.
+    assert build_training_dataset(lake, output_table="ds_two").content_hash == manifest.content_hash
+
+
+def test_held_back_batches_are_read_from_coco_batches(gated_lake):
+    lake_dir, _ = gated_lake
+    held = held_back_batches(lake_dir)
+    assert [(b.batch_id, b.failed_checks) for b in held] == [
+        ("batch_defective", ["annotations_bbox_inside_image"]), ("batch_unchecked", [])]
+    batch_id, failed, message = held[0]  # a plain (batch_id, failed check names, message) tuple
+    assert message.startswith("held back: failed blocking checks annotations_bbox_inside_image (1 of ")
+    assert eligible_batches(lake_dir) == ["batch_0001", "batch_0002"]
+    rows = {r["batch_id"]: r for r in read_table(lake_dir / "coco_batches").to_pylist()}
+    assert rows["batch_0001"]["status"] == "validated" and rows["batch_0001"]["checked_at"] is not None
+    failed_checks = json.loads(rows["batch_defective"]["failed_checks"])
+    blocking = [c for c in failed_checks if c["severity"] == "ERROR"]
+    assert [(c["check"], c["unexpected_sample"]) for c in blocking] == [("annotations_bbox_inside_image", [9000016])]
+    assert rows["batch_unchecked"]["status"] == "pending" and rows["batch_unchecked"]["failed_checks"] is None
+    # A lake without coco_batches (tables written by code that ran no checks) has no gate.
+    assert held_back_batches(lake_dir / "nowhere") == [] and eligible_batches(lake_dir / "nowhere") is None
+
+
+def test_no_validated_batch_is_a_clear_error(gated_lake, tmp_path):
+    import shutil
+
+    lake_dir, _ = gated_lake
+    only_held = tmp_path / "lake"
+    shutil.copytree(lake_dir, only_held)
+    for name in ("coco_batches", *SOURCE_TABLES):
+        replace_batch(read_table(only_held / name).slice(0, 0), only_held / name, "batch_0001")
+        replace_batch(read_table(only_held / name).slice(0, 0), only_held / name, "batch_0002")
+    with pytest.raises(ValueError, match=r"no validated batch to train on; held back: batch_defective \(held back"):
+        build_training_dataset(only_held, output_table="ds_none")
+
+
+def test_training_dataset_asset_lists_included_and_held_back_batches(gated_lake):
+    import dagster as dg
+
+    from cv_pipeline.defs.resources import LakeResource
+    from cv_pipeline.defs.training import TrainingDatasetConfig, training_dataset
+
+    lake_dir, _ = gated_lake
+    result = training_dataset(dg.build_asset_context(), config=TrainingDatasetConfig(),
+                              lake=LakeResource(lake_dir=str(lake_dir)))
+    assert result.metadata["batches"].value == ["batch_0001", "batch_0002"]
+    held = result.metadata["held_back_batches"].value
+    assert [b["batch_id"] for b in held] == ["batch_defective", "batch_unchecked"]
+    assert held[0]["failed_checks"] == ["annotations_bbox_inside_image"]
 
 
 @pytest.fixture(scope="module")
