@@ -98,7 +98,9 @@ def load_image_records(manifest: DatasetManifest, split: str) -> list[ImageRecor
     columns = list(IMAGE_COLUMNS)
     if "image_bytes" in _table_schema_names(images_path, images_version):
         columns.append("image_bytes")
-    images = read_table(images_path, images_version, columns=columns)
+    # only the batches the quality gate let into the manifest (None: a manifest from before the gate)
+    gated = [("batch_id", "in", list(manifest.batches))] if manifest.batches is not None else None
+    images = read_table(images_path, images_version, columns=columns, filters=gated)
     # The manifest's rule: one split per distinct content hash (a null hash is keyed as None there too).
     sha = images.column("sha256").to_pylist()
     split_of = {key: assign_split(key, manifest.seed, manifest.fractions) for key in set(sha)}
@@ -111,7 +113,7 @@ def load_image_records(manifest: DatasetManifest, split: str) -> list[ImageRecor
     index_of = {int(label["category_id"]): int(label["index"]) for label in manifest.labels}
     label_index = np.array([index_of[cid] for cid in label_ids], dtype=np.int64)
 
-    annotations = read_table(annotations_path, annotations_version, columns=ANNOTATION_COLUMNS)
+    annotations = read_table(annotations_path, annotations_version, columns=ANNOTATION_COLUMNS, filters=gated)
     annotations = annotations.filter(pc.is_in(annotations["category_id"], value_set=pa.array(label_ids)))
     annotations = annotations.join(images.select(["batch_id", "image_id", "_row"]), keys=["batch_id", "image_id"],
                                    join_type="inner")
