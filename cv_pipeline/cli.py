@@ -297,19 +297,22 @@ def _run(args, console, settings) -> int:
     from cv_pipeline.definitions import defs
     from cv_pipeline.jobs.runtime import shared_local_ray
 
+    from cv_pipeline.data.quality import batch_gate
+
     outcomes = ingest_batches(defs, instance, batches, console)
     print_ingestion(console, outcomes)
-    eligible = [b for b, o in outcomes.items() if o["success"] and not blocking_failures(o)]
+    gate = batch_gate(settings.lake_dir())  # the quality gate's word on every batch in the lake
+    eligible = gate.eligible or []
+    for held in gate.held_back:
+        console.print(f"held back          {held.batch_id}: {held.message}")
     if args.command == "ingest":
         print_tables(console)
-        return 0 if len(eligible) == len(batches) else 1
+        return 0 if all(outcome["success"] for outcome in outcomes.values()) else 1
     if not eligible:
         print_tables(console)
         console.print("\nnot training: no batch passed ingestion and its blocking quality checks")
         return 1
-    held = [b for b in batches if b not in eligible]
-    console.print(f"\ntraining on {len(eligible)} validated batches" +
-                  (f"; held back: {', '.join(held)}" if held else "") + f" (profile {args.profile})")
+    console.print(f"\ntraining on {len(eligible)} validated batches ({', '.join(eligible)}), profile {args.profile}")
     with shared_local_ray():
         trained = run_training(defs, instance, console, training_run_config(
             args.profile, args.epochs, args.vision_epochs, args.max_samples))

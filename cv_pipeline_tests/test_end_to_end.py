@@ -58,7 +58,8 @@ def test_a_batch_failing_a_blocking_check_is_held_back(end_to_end_run):
     out = run.output
     assert re.search(rf"^  {run.held_back_batch}\s+HELD BACK", out, re.M), out
     assert "annotations_bbox_inside_image" in out
-    assert f"held back: {run.held_back_batch}" in out
+    assert f"held back          {run.held_back_batch}: held back: failed blocking checks annotations_bbox_inside_image" in out
+    assert "training on 2 validated batches (batch_0001, batch_0002)" in out
     # its rows are kept for inspection, but none of its images reached the training set
     images = table(run, "coco_images").to_pylist()
     assert {row["batch_id"] for row in images} == {"batch_0001", "batch_0002", run.held_back_batch}

@@ -134,7 +134,7 @@ def coco_tables(context: dg.AssetExecutionContext, spark: PySparkResource, lake:
     if validation.held_back:
         # The batch's rows stay in the tables for inspection; training_dataset leaves it out. The failed
         # blocking checks below also fail this run, so no retraining is requested for it.
-        context.log.error(f"Batch {batch_id}: {validation.status_message}")
+        context.log.warning(f"Batch {batch_id}: {validation.status_message}")
     for result in results:
         yield dg.AssetCheckResult(
             asset_key=result.table,

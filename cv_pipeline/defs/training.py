@@ -74,6 +74,7 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
 class ModelTrainingConfig(dg.Config):
     """Training settings; unset values take the task's defaults (see cv_pipeline/models/builtin_tasks.py)."""
 
+    profile: str = "full"  # the task's recipe: "full" (its defaults) or "quick" (a first run in minutes)
     arch: Optional[str] = None
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
@@ -88,9 +89,10 @@ class ModelTrainingConfig(dg.Config):
     checkpoints_to_keep: int = 2
     max_failures: int = 1
     pretrained_weights: Optional[str] = None  # a local file, an earlier run's checkpoint directory, or an MLflow URI
-    # start from the upstream model's weights where this asset has one (semantic segmentation: the
-    # detection_model's backbone and FPN); ignored when pretrained_weights is set
-    init_from_upstream: bool = True
+    # start from the upstream model's weights where this asset has one (the segmentation models:
+    # detection_model's backbone and FPN, and for instance segmentation its RPN and box head too);
+    # unset: as the profile says (default yes); ignored when pretrained_weights is set
+    init_from_upstream: Optional[bool] = None
     use_best_hpo_config: bool = False  # take the best config of the latest hpo_study of this task
     max_train_samples: Optional[int] = None  # smoke runs: the first N samples of each split
     max_val_samples: Optional[int] = None
@@ -113,6 +115,7 @@ def training_extras(context, task: str, config: dg.Config, lake: LakeResource, m
     dataset = latest_metadata(context, "training_dataset")
     return {
         "task": task,
+        "profile": getattr(config, "profile", "full"),
         "dataset_path": lake.table_path("training_dataset"),
         "dataset_version": int(dataset["delta_version"]),
         "training": training,
@@ -149,9 +152,14 @@ def model_asset(task: str, name: str, description: str, init_from: Optional[dg.A
               kinds={"pytorch", "ray", "mlflow"}, description=description)
     def _model(context: dg.AssetExecutionContext, config: ModelTrainingConfig, lake: LakeResource,
                mlflow: MLflowResource, job_launcher: JobLauncher):
-        excluded = {"num_workers", "use_gpu", "use_best_hpo_config", "init_from_upstream"}
-        training = {k: v for k, v in config.model_dump(exclude=excluded).items() if v is not None}
-        if upstream is not None and config.init_from_upstream and config.pretrained_weights is None:
+        from cv_pipeline.models.tasks import get_task
+
+        recipe = get_task(task).recipe(config.profile)
+        init_from_upstream = recipe.pop("init_from_upstream", True) if config.init_from_upstream is None \
+            else config.init_from_upstream
+        excluded = {"num_workers", "use_gpu", "use_best_hpo_config", "init_from_upstream", "profile"}
+        training = {**recipe, **{k: v for k, v in config.model_dump(exclude=excluded).items() if v is not None}}
+        if upstream is not None and init_from_upstream and config.pretrained_weights is None:
             uri = upstream_weights(context, upstream)
             if uri is not None:
                 training["pretrained_weights"] = uri
@@ -177,7 +185,9 @@ detection_model = model_asset(
     "Object detector (torchvision, Faster R-CNN on ResNet-18 by default): Lightning on Ray Train, a Pipes job.")
 instance_segmentation_model = model_asset(
     "instance_segmentation", "instance_segmentation_model",
-    "Instance segmentation (Mask R-CNN on ResNet-18 by default): Lightning on Ray Train, a Pipes job.")
+    "Instance segmentation (Mask R-CNN on ResNet-18 by default); the quick profile starts from detection_model's "
+    "backbone, FPN, RPN and box head and learns the masks: Lightning on Ray Train, a Pipes job.",
+    init_from=detection_model)
 semantic_segmentation_model = model_asset(
     "semantic_segmentation", "semantic_segmentation_model",
     "Semantic segmentation (semantic FPN on ResNet-18 by default), starting from detection_model's backbone and "

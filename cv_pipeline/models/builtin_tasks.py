@@ -369,6 +369,8 @@ CLASSIFICATION = TaskSpec(
     keep_record=_has_objects, build_datasets=classification_datasets, loss_in_eval=True,
     defaults={**_TRAINING_DEFAULTS, "image_size": 64, "epochs": 12, "batch_size": 32, "lr": 2e-3,
               "weight_decay": 1e-4, "label_smoothing": 0.05},
+    profiles={"quick": {"epochs": 6}},
+    goals={"full": 0.9, "quick": 0.8},
 )
 DETECTION = TaskSpec(
     name="detection",
@@ -379,6 +381,8 @@ DETECTION = TaskSpec(
     default_model="fasterrcnn_resnet18_fpn",
     metrics=detection_metrics, update_metrics=detection_update, monitor="map_50",
     target_builder=_detection_target, **_DETECTOR_TASK,
+    profiles={"quick": {"epochs": 8, "image_size": 128}},
+    goals={"full": 0.5, "quick": 0.3},
 )
 INSTANCE_SEGMENTATION = TaskSpec(
     name="instance_segmentation",
@@ -389,6 +393,11 @@ INSTANCE_SEGMENTATION = TaskSpec(
     metrics=partial(detection_metrics, iou_types=("bbox", "segm")),
     update_metrics=partial(detection_update, with_masks=True), monitor="segm_map_50",
     target_builder=partial(_detection_target, with_masks=True), **_DETECTOR_TASK,
+    # the full recipe learns from scratch; the quick one fine-tunes the detector's model (same
+    # backbone, FPN, RPN and box head) and mostly learns the mask head
+    profiles={"full": {"init_from_upstream": False},
+              "quick": {"epochs": 3, "image_size": 128, "warmup_epochs": 0.0, "init_from_upstream": True}},
+    goals={"full": 0.4, "quick": 0.2},
 )
 SEMANTIC_SEGMENTATION = TaskSpec(
     name="semantic_segmentation",
@@ -401,6 +410,8 @@ SEMANTIC_SEGMENTATION = TaskSpec(
     model_classes=_with_background,
     defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 30, "batch_size": 4, "lr": 1e-3,
               "weight_decay": 1e-4, "warmup_epochs": 1.0},
+    profiles={"quick": {"epochs": 6, "image_size": 128}},
+    goals={"full": 0.6, "quick": 0.4},
 )
 
 BUILTIN_TASKS = (CLASSIFICATION, DETECTION, INSTANCE_SEGMENTATION, SEMANTIC_SEGMENTATION)

@@ -66,6 +66,16 @@ def test_a_batch_failing_a_blocking_check_never_reaches_the_training_dataset(gat
     assert build_training_dataset(lake, output_table="ds_two").content_hash == manifest.content_hash
 
 
+def test_the_detection_and_segmentation_datasets_read_only_the_gated_batches(gated_lake):
+    from cv_pipeline.training.coco_dataset import load_image_records
+
+    lake_dir, _ = gated_lake
+    manifest = build_training_dataset(lake_dir, output_table="ds_gated_images")
+    records = [r for split in ("train", "val", "test") for r in load_image_records(manifest, split)]
+    assert {r.batch_id for r in records} == {"batch_0001", "batch_0002"}
+    assert len(records) == 220
+
+
 def test_held_back_batches_are_read_from_coco_batches(gated_lake):
     lake_dir, _ = gated_lake
     held = held_back_batches(lake_dir)
