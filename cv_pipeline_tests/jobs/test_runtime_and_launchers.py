@@ -47,14 +47,18 @@ from cv_pipeline.defs.launchers import DatabricksJobLauncher, JobLauncher, Local
 from cv_pipeline.jobs import runtime
 from cv_pipeline.jobs.runtime import RAY_ENV_DEFAULTS, databricks_pipes_io, on_databricks, ray_cluster, start_ray
 
-RAY_SETTINGS = (runtime.RAY_WORKER_NODES_ENV, runtime.RAY_CPUS_PER_NODE_ENV, runtime.RAY_LOG_DIR_ENV)
+RAY_SETTINGS = (runtime.RAY_WORKER_NODES_ENV, runtime.RAY_CPUS_PER_NODE_ENV, runtime.RAY_LOG_DIR_ENV,
+                runtime.RAY_ADDRESS_ENV)
 
 
 @pytest.fixture
 def local(monkeypatch):
+    """No Databricks, no shared cluster to attach to, and (for this process) no Ray running: the
+    test session's shared Ray may be up in this process."""
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
     for name in RAY_SETTINGS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
 
 
 @pytest.fixture
@@ -63,6 +67,7 @@ def databricks(monkeypatch):
     for name in (*RAY_SETTINGS, *RAY_ENV_DEFAULTS):  # set then delete: monkeypatch restores the original
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the session's shared Ray may be up here
 
 
 def test_on_databricks(monkeypatch):
@@ -90,7 +95,6 @@ def test_start_ray_on_databricks_starts_ray_on_spark(databricks, monkeypatch, ov
     monkeypatch.setattr(ray.util.spark, "shutdown_ray_cluster", calls.shutdown_ray_cluster)
     monkeypatch.setattr(ray, "init", calls.init)
     monkeypatch.setattr(ray, "shutdown", calls.shutdown)
-    assert not ray.is_initialized()
 
     with ray_cluster(num_workers=2, use_gpu=True, cpus_per_worker=3.5, object_store_bytes=2 * 1024**3) as address:
         assert address == "10.1.2.3:6379"
@@ -135,6 +139,30 @@ def test_start_ray_locally_arguments(local, monkeypatch):
     with ray_cluster(num_workers=1, use_gpu=False, object_store_bytes=80 * 1024**2):
         assert ray.init.call_args.kwargs["object_store_memory"] == 80 * 1024**2
         assert ray.init.call_args.kwargs["num_cpus"] == max(os.cpu_count(), 2)
+
+
+def test_start_ray_attaches_to_the_runs_shared_cluster(local, monkeypatch):
+    """$CV_PIPELINE_RAY_ADDRESS (set by shared_local_ray): connect, don't start; leaving only disconnects."""
+    monkeypatch.setenv(runtime.RAY_ADDRESS_ENV, "127.0.0.1:6380")
+    monkeypatch.setattr(ray, "init", create_autospec(ray.init))
+    monkeypatch.setattr(ray, "shutdown", create_autospec(ray.shutdown))
+    with ray_cluster(num_workers=1, use_gpu=False) as address:
+        assert address == "127.0.0.1:6380"
+        ray.init.assert_called_once_with(address="127.0.0.1:6380", configure_logging=False,
+                                         runtime_env={"env_vars": {"RAY_ADDRESS": "127.0.0.1:6380"}})
+        assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # no State API without a dashboard
+    ray.shutdown.assert_called_once_with()
+
+
+def test_shared_local_ray_exports_its_address_for_the_jobs(local, monkeypatch):
+    monkeypatch.setattr(ray, "init", create_autospec(ray.init))
+    monkeypatch.setattr(ray, "shutdown", create_autospec(ray.shutdown))
+    monkeypatch.setattr(runtime, "_ray_address", lambda: "127.0.0.1:6381")
+    with runtime.shared_local_ray() as address:
+        assert address == os.environ[runtime.RAY_ADDRESS_ENV] == "127.0.0.1:6381"
+        assert ray.init.call_args.kwargs["num_cpus"] == max(os.cpu_count(), 3)  # two Train workers + controller
+    assert runtime.RAY_ADDRESS_ENV not in os.environ
+    ray.shutdown.assert_called_once_with()
 
 
 def test_start_ray_joins_a_running_ray(monkeypatch):

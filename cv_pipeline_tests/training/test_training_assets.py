@@ -14,7 +14,7 @@ from cv_pipeline.defs.training import detection_model, training_dataset
 
 
 @pytest.fixture()
-def resources(ingested_lake, tmp_path):
+def resources(ingested_lake, shared_ray, tmp_path):  # the Pipes job attaches to the session's Ray
     lake_dir = tmp_path / "lake"
     shutil.copytree(ingested_lake.lake_dir, lake_dir)
     return {"lake": LakeResource(lake_dir=str(lake_dir)),

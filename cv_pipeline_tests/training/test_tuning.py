@@ -78,12 +78,9 @@ def test_search_space_rejects_bad_input(spec, message):
 
 
 @pytest.fixture()
-def ray_session():
-    """Ray once for this module's in-process study (the Pipes test's job starts its own)."""
-    from cv_pipeline.jobs.runtime import ray_cluster
-
-    with ray_cluster(num_workers=1, use_gpu=False):
-        yield
+def ray_session(shared_ray):
+    """The test session's Ray cluster, for this module's in-process study."""
+    return shared_ray
 
 
 def test_study_runs_asha_over_ray_train_and_logs_to_mlflow(ingested_lake, ray_session, tmp_path):
@@ -160,7 +157,7 @@ def test_study_runs_asha_over_ray_train_and_logs_to_mlflow(ingested_lake, ray_se
 # ------------------------------------------------------------------------ the asset, through Pipes
 
 
-def test_hpo_study_asset_runs_the_tune_job_through_pipes(ingested_lake, tmp_path):
+def test_hpo_study_asset_runs_the_tune_job_through_pipes(ingested_lake, shared_ray, tmp_path):
     from cv_pipeline.defs.launchers import LocalJobLauncher
     from cv_pipeline.defs.resources import LakeResource, MLflowResource
     from cv_pipeline.defs.training import training_dataset
