@@ -369,7 +369,7 @@ CLASSIFICATION = TaskSpec(
     keep_record=_has_objects, build_datasets=classification_datasets, loss_in_eval=True,
     defaults={**_TRAINING_DEFAULTS, "image_size": 64, "epochs": 12, "batch_size": 32, "lr": 2e-3,
               "weight_decay": 1e-4, "label_smoothing": 0.05},
-    profiles={"quick": {"epochs": 6}},
+    profiles={"quick": {"epochs": 10}},  # 6 epochs reached val accuracy 0.71 only
     goals={"full": 0.9, "quick": 0.8},
 )
 DETECTION = TaskSpec(
