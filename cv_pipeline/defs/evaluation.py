@@ -2,6 +2,7 @@
 plots in metadata, per-image and per-class rows in Delta, an HTML report, all logged to MLflow."""
 
 
+import math
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -59,11 +60,36 @@ def publish_evaluation(context, lake: LakeResource, mlflow: MLflowResource, *, t
             "per_class_table_version": class_version}
 
 
-def _plot_metadata(plots: dict[str, bytes], names: list[str]) -> dict:
-    from cv_pipeline.evaluation.plots import png_data_uri_markdown
+def _plot_metadata(plots: dict[str, bytes], names: list[str], split: str) -> dict:
+    """Plots as inline images (the UI opens each from a "[Show Markdown]" link), at most a dialog's
+    width; a wider plot is scaled down and says where the full-size PNG is."""
+    from cv_pipeline.evaluation.plots import MARKDOWN_MAX_WIDTH, png_data_uri_markdown, png_size
 
-    return {f"plot_{name}": dg.MetadataValue.md(png_data_uri_markdown(plots[name], name.replace("_", " ")))
-            for name in names if name in plots}
+    entries = {}
+    for name in (name for name in names if name in plots):
+        markdown = png_data_uri_markdown(plots[name], name.replace("_", " "))
+        if png_size(plots[name])[0] > MARKDOWN_MAX_WIDTH:
+            markdown += (f"\n\nScaled down: full size as `evaluation/{split}/{name}.png` in the model's MLflow run "
+                         "and in the HTML report (`report_path`).")
+        entries[f"plot_{name}"] = dg.MetadataValue.md(markdown)
+    return entries
+
+
+def _readable_rows(rows: list[dict]) -> list[dict]:
+    """Rows for a metadata table: `extra` values (per-class Dice, pixel counts) as columns of their
+    own, and values undefined for a class (None, NaN: no ground truth) read "n/a"."""
+    def cell(value):
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    return [{key: cell(value) for key, value in {**row, **(row.get("extra") or {})}.items() if key != "extra"}
+            for row in rows]
+
+
+def _confusion_markdown(counts: list[list], names: list[str]) -> str:
+    """A confusion matrix as a table: a row per true class, a column per predicted class."""
+    header = ["truth / predicted", *names]
+    return markdown_table([dict(zip(header, [name, *(int(c) for c in row)])) for name, row in zip(names, counts)],
+                          header)
 
 
 @dg.asset(
@@ -116,8 +142,9 @@ def classifier_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
         "test_objects": metrics["num_samples"],
         "test_images": evaluation.num_images,
         "per_class": dg.MetadataValue.md(per_class_md),
-        **_plot_metadata({"confusion_matrix": evaluation.confusion_png}, ["confusion_matrix"]),
-        "confusion_matrix_counts": dg.MetadataValue.json(metrics["confusion_matrix"]),
+        **_plot_metadata({"confusion_matrix": evaluation.confusion_png}, ["confusion_matrix"], "test"),
+        "confusion_matrix_counts": dg.MetadataValue.md(
+            _confusion_markdown(metrics["confusion_matrix"], [row["name"] for row in metrics["per_class"]])),
         **published,
     })
 
@@ -152,8 +179,9 @@ def evaluation_asset(task: str, model, name: str, description: str):
             model_name=f"{model_name}:{trained['arch']}",
             dataset_version=int(trained["dataset_version"]), split=config.split, metrics=evaluation.metrics,
             per_image=evaluation.per_image, per_class=evaluation.per_class, plots=evaluation.plots, html=html)
-        columns = [c for c in ("class_name", "num_gt", "ap", "ap50", "recall", "iou", "tp", "fp", "missed")
-                   if any(row.get(c) is not None for row in evaluation.per_class)]
+        per_class = _readable_rows(evaluation.per_class)
+        columns = [c for c in ("class_name", "num_gt", "ap", "ap50", "recall", "iou", "dice", "tp", "fp", "missed")
+                   if any(row.get(c) not in (None, "n/a") for row in per_class)]
         worst = [key for key in evaluation.plots if key.startswith("worst_")][:2]
         return dg.MaterializeResult(metadata={
             "model_uri": trained["model_uri"],
@@ -161,9 +189,10 @@ def evaluation_asset(task: str, model, name: str, description: str):
             "dataset_version": int(trained["dataset_version"]),
             "primary_metric": evaluation.primary_metric,
             **{k: float(v) for k, v in evaluation.metrics.items()},
-            "per_class": dg.MetadataValue.md(markdown_table(evaluation.per_class, columns)),
+            "per_class": dg.MetadataValue.md(markdown_table(per_class, columns)),
             **{k: dg.MetadataValue.json(v) for k, v in evaluation.details.items()},
-            **_plot_metadata(evaluation.plots, ["pr_curves", "error_breakdown", "iou_per_class", *worst]),
+            **_plot_metadata(evaluation.plots, ["pr_curves", "ap_per_class", "error_breakdown", "iou_per_class",
+                                                 "confusion_matrix", *worst], config.split),
             **published,
         })
 

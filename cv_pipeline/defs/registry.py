@@ -14,7 +14,8 @@ from cv_pipeline.defs.resources import MLflowResource, PromotionPolicy
     deps=[classifier_evaluation],
     group_name="deployment",
     kinds={"mlflow"},
-    description="The evaluated model registered as a new MLflow version with alias `challenger`.",
+    description="The evaluated classifier registered as a new version of the MLflow model with the alias "
+                "challenger, tagged with its test accuracy, macro F1 and the Delta versions it was trained on.",
 )
 def registered_classifier(context: dg.AssetExecutionContext, mlflow: MLflowResource) -> dg.MaterializeResult:
     from cv_pipeline.deployment.registry import CHALLENGER
@@ -124,7 +125,8 @@ def challenger_beats_champion(context: dg.AssetCheckExecutionContext) -> dg.Asse
     deps=[model_comparison],
     group_name="deployment",
     kinds={"mlflow"},
-    description="The registered model's `champion` alias, moved to the challenger that passed its check.",
+    description="The MLflow alias champion, moved to the challenger once challenger_beats_champion passed; "
+                "the version it replaced is in the metadata.",
 )
 def champion_classifier(context: dg.AssetExecutionContext, mlflow: MLflowResource) -> dg.MaterializeResult:
     from cv_pipeline.deployment.registry import CHAMPION

@@ -12,7 +12,8 @@ from cv_pipeline.defs.resources import MLflowResource, ServingResource
     deps=[champion_classifier],
     group_name="deployment",
     kinds={"mlflow"},
-    description="`mlflow models serve` of the champion on localhost: health-checked and asked one sample.",
+    description="The champion served over HTTP on localhost (mlflow models serve): health-checked, then "
+                "asked one sample, whose answer is in the metadata.",
 )
 def serving_endpoint(context: dg.AssetExecutionContext, mlflow: MLflowResource,
                      serving: ServingResource) -> dg.MaterializeResult:

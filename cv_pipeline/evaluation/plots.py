@@ -109,12 +109,40 @@ def confusion_matrix_png(
     return buffer.getvalue()
 
 
-def png_data_uri_markdown(png: bytes, alt: str) -> str:
-    """`![alt](data:image/png;base64,...)`: an inline image for Dagster markdown metadata."""
+MARKDOWN_MAX_WIDTH = 720  # px: Dagster shows markdown images at their natural size, in a dialog
+
+
+def png_data_uri_markdown(png: bytes, alt: str, max_width: int = MARKDOWN_MAX_WIDTH) -> str:
+    """`![alt](data:image/png;base64,...)`: an inline image for Dagster markdown metadata.
+
+    The Dagster UI draws a markdown image at its natural size (its markdown allows no width), so a
+    PNG wider than `max_width` pixels is scaled down to that width; narrower ones are kept as they are.
+    """
     if not png.startswith(b"\x89PNG\r\n\x1a\n"):
         raise ValueError("png does not start with the PNG signature")
+    png = _at_most(png, max_width)
     safe_alt = alt.replace("[", "(").replace("]", ")").replace("\n", " ")
     return f"![{safe_alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels, read from the PNG header."""
+    if not png.startswith(b"\x89PNG\r\n\x1a\n") or png[12:16] != b"IHDR":
+        raise ValueError("png does not start with the PNG signature and header")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def _at_most(png: bytes, max_width: int) -> bytes:
+    from PIL import Image
+
+    if png_size(png)[0] <= max_width:
+        return png
+    with Image.open(io.BytesIO(png)) as image:
+        height = max(1, round(image.height * max_width / image.width))
+        buffer = io.BytesIO()
+        image.convert("RGBA").resize((max_width, height), Image.Resampling.LANCZOS).save(buffer, format="PNG",
+                                                                                         optimize=True)
+        return buffer.getvalue()
 
 
 def _figure(width: float, height: float, dpi: int = 90, **kwargs) -> Figure:
