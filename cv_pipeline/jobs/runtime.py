@@ -183,15 +183,20 @@ def shared_local_ray(cpus: int | None = None) -> Iterator[str | None]:
     if on_databricks() or os.environ.get(RAY_ADDRESS_ENV):
         yield os.environ.get(RAY_ADDRESS_ENV)
         return
+    global _started
     owned = not ray.is_initialized()  # a Ray this process already runs is shared, and left up
     address = start_ray(num_workers=max(2, cpus or os.cpu_count() or 2), use_gpu=False)
+    if owned:
+        # this block owns the shared cluster: a ray_cluster()/stop_ray() pair of some caller in this
+        # process (a library call, a test) must find it "already running" and leave it up
+        _started = None
     os.environ[RAY_ADDRESS_ENV] = address
     try:
         yield address
     finally:
         os.environ.pop(RAY_ADDRESS_ENV, None)
         if owned:
-            stop_ray()
+            ray.shutdown()
 
 
 @contextmanager

@@ -75,12 +75,9 @@ def toy_task():
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    from cv_pipeline.jobs.runtime import start_ray, stop_ray
-
-    start_ray(num_workers=2, use_gpu=False)
-    yield
-    stop_ray()
+def ray_session(shared_ray):
+    """The test session's Ray cluster (room for two Train workers)."""
+    return shared_ray
 
 
 # ------------------------------------------------------------------------------------- tests
