@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import lightning.pytorch as pl
@@ -14,6 +15,36 @@ OPTIMIZER_KEYS = ("lr", "weight_decay", "optimizer", "momentum", "warmup_epochs"
 
 def _scalar_hparams(config: dict) -> dict:
     return {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+@contextlib.contextmanager
+def _forward_once(model: torch.nn.Module):
+    """Within the block, calling `model` again with the very same arguments (the same objects)
+    returns the outputs of the first call instead of running the model again: a task's loss and its
+    metrics each call `model(images)` on a validation batch, and were two forward passes for one.
+    Calls with other arguments run the model as usual. The outputs must not be changed in place."""
+    own = vars(model).get("forward")  # an instance attribute of its own, if it has one
+    forward = model.forward
+    last: dict = {}
+
+    def cached(*args, **kwargs):
+        if last and len(args) == len(last["args"]) and kwargs.keys() == last["kwargs"].keys() \
+                and all(a is b for a, b in zip(args, last["args"])) \
+                and all(kwargs[k] is last["kwargs"][k] for k in kwargs):
+            return last["out"]
+        out = forward(*args, **kwargs)
+        last.update(args=args, kwargs=kwargs, out=out)
+        return out
+
+    model.forward = cached
+    try:
+        yield model
+    finally:
+        if own is None:
+            del model.forward  # the class's forward again
+        else:
+            model.forward = own
+        last.clear()
 
 
 def batch_size_of(batch) -> int:
@@ -58,9 +89,12 @@ class TaskModule(pl.LightningModule):
         return self._log_losses(self.spec.loss(self.model, batch, self.config), "train", batch)
 
     def validation_step(self, batch, batch_idx):
-        if self.spec.loss_in_eval:
+        if not self.spec.loss_in_eval:
+            self.spec.update_metrics(self.val_metrics, self.model, batch)
+            return
+        with _forward_once(self.model):  # the loss and the metrics read the same outputs: one forward pass
             self._log_losses(self.spec.loss(self.model, batch, self.config), "val", batch)
-        self.spec.update_metrics(self.val_metrics, self.model, batch)
+            self.spec.update_metrics(self.val_metrics, self.model, batch)
 
     def on_validation_epoch_end(self):
         values = self.val_metrics.compute()  # torchmetrics gathers over all ranks here

@@ -1,8 +1,10 @@
 """RayTrainer: Lightning inside Ray Train's TorchTrainer (Ray Train V2 API), for any registered task.
 
 `train_loop` runs on every Ray worker: it reads the pinned `training_dataset` from Delta (delta-rs,
-no JVM), shards it by Ray rank and DataLoader worker, builds a `pl.Trainer` with `RayDDPStrategy`,
-`RayLightningEnvironment` and `RayTrainReportCallback` (a checkpoint per epoch), and fits. Mixed
+no JVM), shards it by Ray rank and DataLoader worker, builds a `pl.Trainer` with `RayDDPStrategy`
+(a single worker's model left unwrapped) and `RayLightningEnvironment`, and fits; every epoch a
+checkpoint is reported to Ray Train, written once into the run's folder while the next epoch starts
+(`_EpochHooks`: `RayTrainReportCallback` without its copy, off the training thread). Mixed
 precision on GPU, gradient accumulation, early stopping and best-N checkpoints come from the
 config; a restarted worker group (FailureConfig) or a re-run under the same name and storage path
 resumes from the latest checkpoint. Only rank 0 talks to MLflow: per-epoch metrics through
@@ -13,6 +15,7 @@ exports the model artifact from it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -112,7 +115,7 @@ def train_loop(config: dict) -> None:
     import lightning.pytorch as pl
     import ray.train
     import torch
-    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
+    from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
     from torch.utils.data import DataLoader
 
     from cv_pipeline.models.lightning_task import TaskModule
@@ -162,8 +165,7 @@ def train_loop(config: dict) -> None:
         mlflow_run = mlflow.start_run(run_id=config["mlflow_run_id"], log_system_metrics=True)
         logger = MLFlowLogger(tracking_uri=config["mlflow_tracking_uri"], run_id=config["mlflow_run_id"])
 
-    callbacks = [RayTrainReportCallback(), _EpochHooks(train_shards, run_dir if rank == 0 else None, rank,
-                                                       config.get("fault_injection"))]
+    callbacks = [_EpochHooks(train_shards, run_dir if rank == 0 else None, rank, config.get("fault_injection"))]
     if config.get("early_stopping_patience"):
         callbacks.append(pl.callbacks.EarlyStopping(spec.val_monitor, mode=spec.mode,
                                                     patience=int(config["early_stopping_patience"])))
@@ -175,8 +177,8 @@ def train_loop(config: dict) -> None:
         precision=_precision(config, use_gpu),
         accumulate_grad_batches=int(config.get("accumulate_grad_batches") or 1),
         gradient_clip_val=config.get("gradient_clip_val"),
-        strategy=RayDDPStrategy(find_unused_parameters=bool(config.get("find_unused_parameters", False))),
-        plugins=[RayLightningEnvironment()],
+        strategy=_ray_ddp_strategy_class()(find_unused_parameters=bool(config.get("find_unused_parameters", False))),
+        plugins=[RayLightningEnvironment(), _FileCheckpointIO()],
         callbacks=callbacks,
         logger=logger,
         log_every_n_steps=10,
@@ -197,15 +199,30 @@ def train_loop(config: dict) -> None:
 
 
 def _make_epoch_hooks_class():
+    import threading
+
     import lightning.pytorch as pl
+    import ray.train
+    import torch
+    from lightning.fabric.utilities.apply_func import apply_to_collection
+    from ray.train import Checkpoint, CheckpointUploadMode
+    from ray.train.lightning import RayTrainReportCallback
 
     class EpochHooks(pl.Callback):
-        """Reshuffles the shards each epoch, records per-epoch metrics (rank 0), and, for fault
-        tolerance tests (`fault_injection: {after_epoch, rank, marker}`), kills this worker with
-        SIGKILL once, as the epoch after `after_epoch` starts (the marker file records it)."""
+        """Each epoch: reshuffles the shards; at its end reports the metrics and a checkpoint to Ray
+        Train (what `RayTrainReportCallback` does, the checkpoint written once and off the training
+        thread, see `_report_checkpoint`); rank 0 records the epoch in history.jsonl with its wall
+        time split into training, validation and checkpoint + report. For fault tolerance tests
+        (`fault_injection: {after_epoch, rank, marker}`) it kills this worker with SIGKILL once, as
+        the epoch after `after_epoch` starts (the marker file records it)."""
+
+        CHECKPOINT_NAME = RayTrainReportCallback.CHECKPOINT_NAME  # what checkpoint_state and resuming read
 
         def __init__(self, shards, run_dir: Path | None, rank: int, fault_injection: dict | None):
             self.shards, self.run_dir, self.rank, self.fault = shards, run_dir, rank, fault_injection or {}
+            self.marks: dict[str, float] = {}
+            self.writing: threading.Event | None = None  # set once the last checkpoint is on disk
+            self.scratch: Path | None = None  # a local folder for checkpoints that Ray uploads
 
         def on_train_epoch_start(self, trainer, pl_module):
             self.shards.set_epoch(trainer.current_epoch)
@@ -216,24 +233,179 @@ def _make_epoch_hooks_class():
                 if not marker.exists():  # once: the restarted worker must get past this epoch
                     # Let Ray Train's controller collect every rank's report of the last epoch first
                     # (it polls the workers); a worker dying right after reporting loses that checkpoint.
+                    self._written()
                     time.sleep(float(fault.get("delay_s", 5.0)))
                     marker.parent.mkdir(parents=True, exist_ok=True)
                     marker.write_text(str(os.getpid()))
                     os.kill(os.getpid(), signal.SIGKILL)
-            self.started = time.perf_counter()
+            self.marks = {"start": time.perf_counter(), "checkpoint_wait": 0.0}
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if self.writing is not None:  # the step changes what the checkpoint being written holds
+                waited = time.perf_counter()
+                self._written()
+                self.marks["checkpoint_wait"] += time.perf_counter() - waited
+
+        def on_validation_start(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                self.marks["val_start"] = time.perf_counter()
+
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                self.marks["val_end"] = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, pl_module):
-            if self.run_dir is not None:  # epoch_s: this epoch's training and validation, wall seconds
-                metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-                _append_jsonl(self.run_dir / "history.jsonl", {
-                    "epoch": trainer.current_epoch, **metrics, "epoch_s": time.perf_counter() - self.started,
-                    "train_samples": len(self.shards) * trainer.world_size})
+            reached = time.perf_counter()
+            self._report_checkpoint(trainer, pl_module)
+            if self.run_dir is None:
+                return
+            end, start = time.perf_counter(), self.marks["start"]
+            val_start, val_end = self.marks.get("val_start", reached), self.marks.get("val_end", reached)
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            _append_jsonl(self.run_dir / "history.jsonl", {
+                "epoch": trainer.current_epoch, **metrics,
+                "epoch_s": end - start,  # this epoch's training, validation, checkpoint and report, wall seconds
+                "train_s": val_start - start, "val_s": val_end - val_start, "checkpoint_s": end - val_end,
+                # part of train_s: the first optimiser step waiting for the last epoch's checkpoint write
+                "checkpoint_wait_s": self.marks["checkpoint_wait"],
+                "train_samples": len(self.shards) * trainer.world_size})
+
+        def on_train_end(self, trainer, pl_module):
+            self._written()
+
+        def teardown(self, trainer, pl_module, stage):
+            self._written()
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+                self.scratch = None
+
+        def _written(self) -> None:
+            """Wait until the last checkpoint is on disk (a failed write fails the run from Ray's thread)."""
+            if self.writing is not None:
+                self.writing.wait()
+                self.writing = None
+
+        def _report_checkpoint(self, trainer, pl_module) -> None:
+            """Report the epoch's metrics and checkpoint (model, optimiser, schedulers, loops: what
+            resuming needs) to Ray Train.
+
+            `RayTrainReportCallback` writes the checkpoint to a temporary folder, has Ray copy it into
+            the run's storage folder and deletes the original, all on the training thread: for a
+            resnet18 and its AdamW state, 128 MB written twice and deleted once every epoch. Here,
+            where this node sees the storage as a file system (local or mounted), rank 0 writes it
+            once, into a new checkpoint folder of the run, on Ray's checkpoint upload thread
+            (`CheckpointUploadMode.ASYNC` with our own `checkpoint_upload_fn`); Ray registers it once
+            it is on disk. The next epoch starts meanwhile, and its first optimiser step waits for the
+            write: parameters and optimiser state change only there, so they are written as they are;
+            every other tensor of the checkpoint (BatchNorm statistics, which the next forward pass
+            updates) is copied first. Other ranks report no checkpoint (Ray keeps rank 0's). Storage
+            this node cannot write in place (cloud storage) goes through Ray's own upload."""
+            metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
+            metrics.update(epoch=trainer.current_epoch, step=trainer.global_step)
+            self._written()  # one checkpoint write at a time (the last one is normally long done)
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)  # on every rank
+            if self.rank != 0:
+                ray.train.report(metrics, checkpoint=None, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+                return
+            storage = ray.train.get_context().get_storage()
+            checkpoint_io = trainer.strategy.checkpoint_io
+            if self.scratch is None:
+                self.scratch = Path(tempfile.mkdtemp(prefix="cv_pipeline_checkpoint_"))
+            if not _writes_in_place(storage):
+                folder = self.scratch / str(trainer.current_epoch)
+                checkpoint_io.save_checkpoint(checkpoint, folder / self.CHECKPOINT_NAME)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)),
+                                 checkpoint_upload_mode=CheckpointUploadMode.SYNC)
+                shutil.rmtree(folder, ignore_errors=True)
+                return
+
+            unchanged = {p.data_ptr() for p in pl_module.parameters()}  # until the next optimiser step
+            for optimizer in trainer.optimizers:
+                for state in optimizer.state.values():
+                    unchanged.update(v.data_ptr() for v in state.values() if isinstance(v, torch.Tensor))
+            checkpoint = apply_to_collection(
+                checkpoint, torch.Tensor, lambda t: t if t.data_ptr() in unchanged else t.detach().clone())
+            name = storage.make_default_checkpoint_dir_name()
+            folder = storage.build_checkpoint_path_from_name(name)
+            self.writing = written = threading.Event()
+
+            def write(_placeholder, _name):  # on Ray's checkpoint upload thread
+                try:
+                    checkpoint_io.save_checkpoint(checkpoint, Path(folder) / self.CHECKPOINT_NAME)
+                    return Checkpoint(folder, filesystem=storage.storage_filesystem)
+                finally:
+                    written.set()
+
+            try:
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(self.scratch)),
+                                 checkpoint_dir_name=name, checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+                                 checkpoint_upload_fn=write, delete_local_checkpoint_after_upload=False)
+            except BaseException:
+                written.set()  # nothing was queued: no step may wait for it
+                raise
 
     return EpochHooks
 
 
+@functools.cache
+def _ray_ddp_strategy_class():
+    from ray.train.lightning import RayDDPStrategy
+
+    class RayDDPStrategyOneWorkerUnwrapped(RayDDPStrategy):
+        """`RayDDPStrategy` that leaves the model of a single worker unwrapped: DDP on one process
+        still copies every gradient into its buckets and all-reduces them with itself each step.
+        With two or more workers this is `RayDDPStrategy` as it is."""
+
+        def configure_ddp(self) -> None:
+            if self.world_size > 1:
+                super().configure_ddp()
+
+    return RayDDPStrategyOneWorkerUnwrapped
+
+
+def _writes_in_place(storage) -> bool:
+    """Whether this worker can write a checkpoint straight into the run's storage folder: a local
+    file system path that this node sees (Ray's storage marker is there; on a multi-node cluster
+    without shared storage it is not)."""
+    import pyarrow.fs
+
+    try:
+        from ray.train.v2._internal.constants import VALIDATE_STORAGE_MARKER_FILENAME
+    except ImportError:  # Ray moved it: take the upload path
+        return False
+    return isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem) and \
+        (Path(storage.experiment_fs_path) / VALIDATE_STORAGE_MARKER_FILENAME).exists()
+
+
 def _EpochHooks(*args, **kwargs):  # noqa: N802 - a class built lazily so this module imports without Lightning
     return _make_epoch_hooks_class()(*args, **kwargs)
+
+
+def _file_checkpoint_io_class():
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class FileCheckpointIO(TorchCheckpointIO):
+        """Lightning's checkpoint writer, writing a local file directly: `TorchCheckpointIO` serialises
+        into a growing in-memory buffer first and copies that into the file (for fsspec URLs), twice
+        the memory traffic of `torch.save` for a checkpoint of 128 MB. Atomic all the same: written
+        next to the target and renamed over it. URLs still go through Lightning's own writer."""
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            import torch
+
+            if "://" in str(path) or storage_options is not None:
+                return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.partial")
+            torch.save(checkpoint, partial)
+            os.replace(partial, path)
+
+    return FileCheckpointIO
+
+
+def _FileCheckpointIO():  # noqa: N802
+    return _file_checkpoint_io_class()()
 
 
 class RayTrainer:
@@ -277,11 +449,10 @@ class RayTrainer:
     def torch_trainer(self, loop_config: dict, name: str, callbacks: list | None = None):
         """The TorchTrainer for one run (the tuning driver builds its trials with this too)."""
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
 
         loop_config = {**loop_config, "run_dir": str(self.storage_path / name)}
         ship_task_code(self.spec)
-        return TorchTrainer(
+        return _torch_trainer_class()(
             train_loop,
             train_loop_config=loop_config,
             scaling_config=ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu,
@@ -330,6 +501,41 @@ class RayTrainer:
             mlflow_run_id=mlflow_run_id, storage_path=str(run_dir), task=self.spec.name, arch=self.model,
             history=_read_jsonl(run_dir / "history.jsonl"), attempts=_read_jsonl(run_dir / "attempts.jsonl"),
         )
+
+
+@functools.cache
+def _torch_trainer_class():
+    from ray.train.torch import TorchTrainer
+
+    class CvPipelineTorchTrainer(TorchTrainer):
+        """Ray Train's TorchTrainer without its PlacementGroupCleaner where Ray's State API cannot answer.
+
+        The cleaner is a detached actor that asks the State API every second whether the run's
+        controller is still alive, to remove the placement group if it died. The State API is served
+        by the Ray dashboard, which a local Ray from `start_ray` does not run: each question failed,
+        logged "Failed to query Ray Train Controller actor state" (over a thousand times a run), cost
+        a psutil scan and a failed HTTP request each time (CPU taken from training on a small
+        machine), and the cleaner could never act. Ray removes a job's placement groups when the job
+        (the driver) ends, and tuning removes its stopped trials' groups itself
+        (`tuning._PlacementGroupJanitor`). With a dashboard (a cluster of the user's) the cleaner stays."""
+
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if _state_api_answers():
+                return callbacks
+            return [callback for callback in callbacks if type(callback).__name__ != "PlacementGroupCleanerCallback"]
+
+    return CvPipelineTorchTrainer
+
+
+def _state_api_answers() -> bool:
+    """Whether this Ray cluster serves the State API (it comes with the dashboard)."""
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        return bool(get_dashboard_url())
+    except Exception:  # noqa: BLE001 - Ray moved it or is not connected: assume no State API
+        return False
 
 
 def ship_task_code(spec) -> None:
