@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -128,12 +129,24 @@ def inspect_image_files(paths: list[str], include_bytes: bool = False, workers: 
     decoders and hashlib release the GIL, so they use the cores as Spark tasks would, without a job."""
     import pyarrow as pa
 
-    workers = max(1, min(len(paths), workers or os.cpu_count() or 1))
+    count = len(paths)
+    workers = max(1, min(count, workers or os.cpu_count() or 1))
+    facts: list = [None] * count
     if workers == 1:
         facts = [inspect_image_file(p, include_bytes) for p in paths]
     else:
+        # Each thread pulls the next index until none is left: no future per file, and this thread
+        # sleeps until the end instead of waking for every result (each wake-up takes the GIL from a
+        # worker; `pool.map` cost ~6% more CPU per image).
+        positions = itertools.count()
+
+        def work() -> None:
+            while (index := next(positions)) < count:
+                facts[index] = inspect_image_file(paths[index], include_bytes)
+
         with ThreadPoolExecutor(workers, thread_name_prefix="inspect_image") as pool:
-            facts = list(pool.map(lambda p: inspect_image_file(p, include_bytes), paths))
+            for future in [pool.submit(work) for _ in range(workers)]:
+                future.result()
     return pa.table({name: pa.array([f[name] for f in facts], getattr(pa, ARROW_TYPES[kind])())
                      for name, kind in image_check_columns(include_bytes).items()})
 
