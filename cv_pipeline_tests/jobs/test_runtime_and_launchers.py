@@ -17,6 +17,7 @@ import base64
 import inspect
 import json
 import os
+import socket
 from unittest import mock
 from unittest.mock import create_autospec
 
@@ -47,6 +48,7 @@ from cv_pipeline.defs.launchers import DatabricksJobLauncher, JobLauncher, Local
 from cv_pipeline.jobs import runtime
 from cv_pipeline.jobs.runtime import RAY_ENV_DEFAULTS, databricks_pipes_io, on_databricks, ray_cluster, start_ray
 
+RAY_INIT, RAY_SHUTDOWN = ray.init, ray.shutdown  # the real ones, to autospec while they are patched
 RAY_SETTINGS = (runtime.RAY_WORKER_NODES_ENV, runtime.RAY_CPUS_PER_NODE_ENV, runtime.RAY_LOG_DIR_ENV,
                 runtime.RAY_ADDRESS_ENV)
 
@@ -59,6 +61,7 @@ def local(monkeypatch):
     for name in RAY_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    no_real_ray_calls(monkeypatch)
 
 
 @pytest.fixture
@@ -68,6 +71,14 @@ def databricks(monkeypatch):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the session's shared Ray may be up here
+    no_real_ray_calls(monkeypatch)
+
+
+def no_real_ray_calls(monkeypatch):
+    """`ray.init`/`ray.shutdown` autospec'd for the test (a test may patch them again to inspect the
+    calls): a real `ray.shutdown()` here would stop the session's shared cluster under later tests."""
+    monkeypatch.setattr(ray, "init", create_autospec(RAY_INIT))
+    monkeypatch.setattr(ray, "shutdown", create_autospec(RAY_SHUTDOWN))
 
 
 def test_on_databricks(monkeypatch):
@@ -89,8 +100,8 @@ def test_start_ray_on_databricks_starts_ray_on_spark(databricks, monkeypatch, ov
     setup = create_autospec(ray.util.spark.setup_ray_cluster, return_value=("10.1.2.3:6379", "ray://10.1.2.3:10001"))
     calls.attach_mock(setup, "setup_ray_cluster")
     calls.attach_mock(create_autospec(ray.util.spark.shutdown_ray_cluster), "shutdown_ray_cluster")
-    calls.attach_mock(create_autospec(ray.init), "init")
-    calls.attach_mock(create_autospec(ray.shutdown), "shutdown")
+    calls.attach_mock(create_autospec(RAY_INIT), "init")
+    calls.attach_mock(create_autospec(RAY_SHUTDOWN), "shutdown")
     monkeypatch.setattr(ray.util.spark, "setup_ray_cluster", calls.setup_ray_cluster)
     monkeypatch.setattr(ray.util.spark, "shutdown_ray_cluster", calls.shutdown_ray_cluster)
     monkeypatch.setattr(ray, "init", calls.init)
@@ -113,7 +124,6 @@ def test_start_ray_on_databricks_without_gpu(databricks, monkeypatch):
     setup = create_autospec(ray.util.spark.setup_ray_cluster, return_value=("10.1.2.3:6379", "ray://10.1.2.3:10001"))
     monkeypatch.setattr(ray.util.spark, "setup_ray_cluster", setup)
     monkeypatch.setattr(ray.util.spark, "shutdown_ray_cluster", create_autospec(ray.util.spark.shutdown_ray_cluster))
-    monkeypatch.setattr(ray, "init", create_autospec(ray.init))
     with ray_cluster(num_workers=1, use_gpu=False):
         pass
     assert setup.call_args.kwargs["num_gpus_worker_node"] == 0
@@ -124,8 +134,6 @@ def test_start_ray_on_databricks_without_gpu(databricks, monkeypatch):
 def test_start_ray_locally_arguments(local, monkeypatch):
     """The ray.init arguments; a real local Ray is started by the echo job below (one Ray start keeps this file fast)."""
     monkeypatch.setenv(runtime.RAY_OBJECT_STORE_ENV, str(96 * 1024**2))
-    monkeypatch.setattr(ray, "init", create_autospec(ray.init))
-    monkeypatch.setattr(ray, "shutdown", create_autospec(ray.shutdown))
     monkeypatch.setattr(runtime, "_ray_address", lambda: "127.0.0.1:6379")
     assert not ray.is_initialized()
     with ray_cluster(num_workers=2, use_gpu=False, cpus_per_worker=1.5) as address:
@@ -143,20 +151,27 @@ def test_start_ray_locally_arguments(local, monkeypatch):
 
 def test_start_ray_attaches_to_the_runs_shared_cluster(local, monkeypatch):
     """$CV_PIPELINE_RAY_ADDRESS (set by shared_local_ray): connect, don't start; leaving only disconnects."""
-    monkeypatch.setenv(runtime.RAY_ADDRESS_ENV, "127.0.0.1:6380")
-    monkeypatch.setattr(ray, "init", create_autospec(ray.init))
-    monkeypatch.setattr(ray, "shutdown", create_autospec(ray.shutdown))
-    with ray_cluster(num_workers=1, use_gpu=False) as address:
-        assert address == "127.0.0.1:6380"
-        ray.init.assert_called_once_with(address="127.0.0.1:6380", configure_logging=False,
-                                         runtime_env={"env_vars": {"RAY_ADDRESS": "127.0.0.1:6380"}})
-        assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # no State API without a dashboard
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # something answers at the address
+        shared = f"127.0.0.1:{listener.getsockname()[1]}"
+        monkeypatch.setenv(runtime.RAY_ADDRESS_ENV, shared)
+        with ray_cluster(num_workers=1, use_gpu=False) as address:
+            assert address == shared
+            ray.init.assert_called_once_with(address=shared, configure_logging=False,
+                                             runtime_env={"env_vars": {"RAY_ADDRESS": shared}})
+            assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # no State API without a dashboard
     ray.shutdown.assert_called_once_with()
 
 
+def test_a_shared_cluster_that_is_gone_is_a_clear_error_not_a_hang(local, monkeypatch):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        gone = f"127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setenv(runtime.RAY_ADDRESS_ENV, gone)
+    with pytest.raises(RuntimeError, match=rf"CV_PIPELINE_RAY_ADDRESS={gone}: no Ray cluster answers there"):
+        start_ray(num_workers=1, use_gpu=False)
+    ray.init.assert_not_called()
+
+
 def test_shared_local_ray_exports_its_address_for_the_jobs(local, monkeypatch):
-    monkeypatch.setattr(ray, "init", create_autospec(ray.init))
-    monkeypatch.setattr(ray, "shutdown", create_autospec(ray.shutdown))
     monkeypatch.setattr(runtime, "_ray_address", lambda: "127.0.0.1:6381")
     with runtime.shared_local_ray() as address:
         assert address == os.environ[runtime.RAY_ADDRESS_ENV] == "127.0.0.1:6381"
@@ -168,8 +183,8 @@ def test_shared_local_ray_exports_its_address_for_the_jobs(local, monkeypatch):
 def test_start_ray_joins_a_running_ray(monkeypatch):
     """Ray already initialised (by a caller, a notebook): nothing is started, and nothing stopped."""
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(ray, "init", create_autospec(ray.init))
-    monkeypatch.setattr(ray, "shutdown", create_autospec(ray.shutdown))
+    monkeypatch.setattr(ray, "init", create_autospec(RAY_INIT))
+    monkeypatch.setattr(ray, "shutdown", create_autospec(RAY_SHUTDOWN))
     monkeypatch.setattr(ray.util.spark, "setup_ray_cluster", create_autospec(ray.util.spark.setup_ray_cluster))
     monkeypatch.setattr(runtime, "_ray_address", lambda: "10.0.0.9:6379")
     for databricks_runtime in ("", "16.4"):
