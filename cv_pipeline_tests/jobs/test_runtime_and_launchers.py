@@ -159,6 +159,7 @@ def test_start_ray_attaches_to_the_runs_shared_cluster(local, monkeypatch):
             ray.init.assert_called_once_with(address=shared, configure_logging=False,
                                              runtime_env={"env_vars": {"RAY_ADDRESS": shared}})
             assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # no State API without a dashboard
+            assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
     ray.shutdown.assert_called_once_with()
 
 
