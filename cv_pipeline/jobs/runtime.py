@@ -145,7 +145,7 @@ def start_ray(*, num_workers: int, use_gpu: bool, cpus_per_worker: float = 1,
         return address
     shared = os.environ.get(RAY_ADDRESS_ENV)
     if shared:
-        require_ray_reachable(shared)
+        _require_ray_reachable(shared)
         # its workers get the address too: Ray Train's helper actors call ray.init() with no address,
         # which fails when the machine runs more than one Ray cluster (a test session beside a run)
         ray.init(address=shared, configure_logging=False, runtime_env={"env_vars": {"RAY_ADDRESS": shared}})
@@ -161,7 +161,7 @@ def start_ray(*, num_workers: int, use_gpu: bool, cpus_per_worker: float = 1,
     return _ray_address()
 
 
-def require_ray_reachable(address: str, timeout_s: float = 5.0) -> None:
+def _require_ray_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Raise at once when nothing listens at a Ray cluster's `host:port` (`ray.init` would retry
     for minutes against a cluster that is gone)."""
     import socket

@@ -184,8 +184,7 @@ def test_shared_local_ray_exports_its_address_for_the_jobs(local, monkeypatch):
 def test_start_ray_joins_a_running_ray(monkeypatch):
     """Ray already initialised (by a caller, a notebook): nothing is started, and nothing stopped."""
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(ray, "init", create_autospec(RAY_INIT))
-    monkeypatch.setattr(ray, "shutdown", create_autospec(RAY_SHUTDOWN))
+    no_real_ray_calls(monkeypatch)
     monkeypatch.setattr(ray.util.spark, "setup_ray_cluster", create_autospec(ray.util.spark.setup_ray_cluster))
     monkeypatch.setattr(runtime, "_ray_address", lambda: "10.0.0.9:6379")
     for databricks_runtime in ("", "16.4"):

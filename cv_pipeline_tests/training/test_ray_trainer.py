@@ -150,7 +150,7 @@ def test_a_registered_custom_task_trains_on_ray(toy_task, ingested_lake, ray_ses
     assert model(torch.rand(2, 3, 32, 32)).shape == (2,)
 
 
-@pytest.mark.slow  # about a minute of Ray Train on 2 cores: `make test`, not `make test-fast`
+@pytest.mark.slow  # a minute or more of Ray Train on 2 cores: `make test`, not `make test-fast`
 def test_a_killed_worker_resumes_from_the_last_checkpoint(toy_task, ingested_lake, ray_session, tmp_path):
     trainer = RayTrainer("countnet", num_workers=2, task="object_count_test", storage_path=tmp_path)
     result = trainer.train({"dataset_path": ingested_lake.manifest.table_path, "epochs": 3, "max_failures": 1,
@@ -162,7 +162,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(toy_task, ingested_lak
     assert [row["epoch"] for row in result.history] == [0, 1, 2]  # epoch 0 was not trained twice
 
 
-@pytest.mark.slow  # about a minute of Ray Train on 2 cores: `make test`, not `make test-fast`
+@pytest.mark.slow  # a minute or more of Ray Train on 2 cores: `make test`, not `make test-fast`
 def test_an_interrupted_run_resumes_from_its_storage_path(toy_task, ingested_lake, ray_session, tmp_path):
     config = {"dataset_path": ingested_lake.manifest.table_path, "epochs": 3, "max_failures": 0,
               "run_name": "interrupted", "early_stopping_patience": 5,

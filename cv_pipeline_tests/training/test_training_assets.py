@@ -23,7 +23,7 @@ def resources(ingested_lake, shared_ray, tmp_path):  # the Pipes job attaches to
             "job_launcher": LocalJobLauncher()}
 
 
-@pytest.mark.slow  # about a minute of Ray Train on 2 cores: `make test`, not `make test-fast`
+@pytest.mark.slow  # a minute or more of Ray Train on 2 cores: `make test`, not `make test-fast`
 def test_detection_model_asset_trains_through_pipes_and_records_lineage(resources):
     instance = dg.DagsterInstance.ephemeral()
     dataset = dg.materialize([training_dataset], resources=resources, instance=instance)

@@ -83,7 +83,7 @@ def ray_session(shared_ray):
     return shared_ray
 
 
-@pytest.mark.slow  # about a minute of Ray Train on 2 cores: `make test`, not `make test-fast`
+@pytest.mark.slow  # a minute or more of Ray Train on 2 cores: `make test`, not `make test-fast`
 def test_study_runs_asha_over_ray_train_and_logs_to_mlflow(ingested_lake, ray_session, tmp_path):
     from cv_pipeline.training.ray_trainer import RayTrainer
     from cv_pipeline.training.tuning import run_study, trials_markdown
@@ -158,7 +158,7 @@ def test_study_runs_asha_over_ray_train_and_logs_to_mlflow(ingested_lake, ray_se
 # ------------------------------------------------------------------------ the asset, through Pipes
 
 
-@pytest.mark.slow  # about a minute of Ray Train on 2 cores: `make test`, not `make test-fast`
+@pytest.mark.slow  # a minute or more of Ray Train on 2 cores: `make test`, not `make test-fast`
 def test_hpo_study_asset_runs_the_tune_job_through_pipes(ingested_lake, shared_ray, tmp_path):
     from cv_pipeline.defs.launchers import LocalJobLauncher
     from cv_pipeline.defs.resources import LakeResource, MLflowResource
