@@ -84,8 +84,12 @@ def build_training_dataset(
     fractions: dict[str, float] | None = None,
     min_box_size: float = 4.0,
     versions: dict[str, int] | None = None,
+    output_path: str | Path | None = None,
 ) -> DatasetManifest:
     """Build and write the manifest table; `versions` pins the source tables (default: their latest).
+
+    The table goes to `<lake_dir>/<output_table>`, or to `output_path` when given (a split rebuilt
+    elsewhere by time travel, `cv_pipeline.deployment.lineage.rebuild`, leaves the lake's own alone).
 
     Only the batches the quality gate lets through are read (`batch_gate`: status 'validated' in
     `coco_batches`, read at `versions["coco_batches"]` or, by default, after the other tables'
@@ -159,7 +163,7 @@ def build_training_dataset(
         if split_counts[split] == 0:
             raise ValueError(f"training_dataset: the {split} split is empty ({len(rows)} objects in all); ingest more data")
 
-    output_path = lake_dir / output_table
+    output_path = Path(output_path) if output_path is not None else lake_dir / output_table
     manifest = DatasetManifest(
         table_path=str(output_path), version=-1, source_versions=pinned, labels=labels,
         split_counts=split_counts, split_images=split_images, seed=seed, fractions=fractions,
