@@ -1,11 +1,17 @@
-"""A real `mlflow models serve` process on localhost, found again through a JSON state file.
+"""Server processes on localhost, found again through a JSON state file.
 
-The server runs in its own session so it outlives whoever started it (a Dagster run, a notebook);
-`state_dir/server.json` records pid, port and model so a later process reuses or replaces it.
+`ManagedServer` is the process management every local server shares: the server runs in its own
+session so it outlives whoever started it (a Dagster run, a notebook); a state file in `state_dir`
+records pid, port and url so a later process reuses or replaces it; starts are serialised by a file
+lock; stop signals the whole process group. `LocalModelServer` runs `mlflow models serve` for one
+model URI on it (`state_dir/server.json`); `cv_pipeline.deployment.endpoints.EndpointServer` runs
+the serving endpoints on it.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import signal
@@ -42,20 +48,40 @@ class ServerInfo:
     reused: bool
 
 
+def post_images(
+    invocations_url: str, images: Sequence[Image.Image | bytes | str], timeout_s: float = 60.0, **fields: Any
+) -> dict:
+    """POST images (PIL images, image file bytes or base64 text) as one `dataframe_split` request
+    (plus any top-level `fields`, e.g. `client_request_id`) to `invocations_url`; the answer's JSON.
+
+    Raises RuntimeError with the status and body when the server does not answer 200 with a
+    `predictions` list.
+    """
+    rows = [[_image_cell(image)] for image in images]
+    payload = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": rows}, **fields}
+    response = requests.post(invocations_url, json=payload, timeout=timeout_s)
+    if response.status_code != 200:
+        raise RuntimeError(f"POST {invocations_url} answered {response.status_code}: {response.text[:2000]}")
+    body = response.json()
+    if not isinstance(body, dict) or not isinstance(body.get("predictions"), list):
+        raise RuntimeError(f"POST {invocations_url} answered without 'predictions': {str(body)[:2000]}")
+    return body
+
+
+def _image_cell(image: Image.Image | bytes | str) -> str:
+    if isinstance(image, Image.Image):
+        return encode_image(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(image)).decode("ascii")
+    return image
+
+
 def predict_over_http(url: str, images: Sequence[Image.Image], timeout_s: float = 60.0) -> list[dict]:
     """POST the images (base64 PNG, `dataframe_split`) to `url/invocations`; one dict per image.
 
     Raises RuntimeError with the status and body when the server does not answer 200.
     """
-    rows = [[encode_image(image)] for image in images]
-    payload = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": rows}}
-    response = requests.post(f"{url.rstrip('/')}/invocations", json=payload, timeout=timeout_s)
-    if response.status_code != 200:
-        raise RuntimeError(f"POST {url}/invocations answered {response.status_code}: {response.text[:2000]}")
-    body = response.json()
-    if not isinstance(body, dict) or "predictions" not in body:
-        raise RuntimeError(f"POST {url}/invocations answered without 'predictions': {str(body)[:2000]}")
-    return list(body["predictions"])
+    return list(post_images(f"{url.rstrip('/')}/invocations", images, timeout_s)["predictions"])
 
 
 def _ping(url: str) -> bool:
@@ -134,21 +160,31 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _is_model_server_group(pgid: int) -> bool:
-    """Whether group `pgid` still runs the mlflow server, not a process that reused its id after
-    a reboot (assumed so where `/proc` cannot tell)."""
+def _is_server_group(pgid: int, marker: str) -> bool:
+    """Whether group `pgid` still runs a server whose command line contains `marker`, not a process
+    that reused its id after a reboot (assumed so where `/proc` cannot tell)."""
     command_lines = _group_command_lines(pgid)
-    return command_lines is None or any("mlflow" in line for line in command_lines)
+    return command_lines is None or any(marker in line for line in command_lines)
 
 
-class LocalModelServer:
-    """One `mlflow models serve` process per `state_dir`, serving one model URI at a time."""
+class ManagedServer:
+    """One server process per `state_dir` and `state_file_name`, in its own session.
+
+    Subclasses name their files, say which word marks their command line (`command_marker`, so
+    stop() never signals a process that merely reused the pid) and call `_launch` under `_locked`.
+    """
+
+    state_file_name = STATE_FILE_NAME
+    log_file_name = LOG_FILE_NAME
+    lock_file_name = "server.lock"
+    command_marker = "mlflow"
+    description = "mlflow models serve"
 
     def __init__(self, state_dir: Path, host: str = "127.0.0.1"):
         self.state_dir = Path(state_dir)
         self.host = host
-        self.state_path = self.state_dir / STATE_FILE_NAME
-        self.log_path = self.state_dir / LOG_FILE_NAME
+        self.state_path = self.state_dir / self.state_file_name
+        self.log_path = self.state_dir / self.log_file_name
         self._process: subprocess.Popen | None = None  # set when this object started the server
 
     def _read_state(self) -> dict[str, Any] | None:
@@ -173,62 +209,35 @@ class LocalModelServer:
         self._reap()
         return _process_alive(int(state["pid"])) and _ping(state["url"])
 
-    def status(self) -> ServerInfo | None:
-        """The running server this state file describes (alive and answering /ping), else None."""
+    def _running_state(self) -> dict[str, Any] | None:
+        """The state file of a server that is alive and answers /ping, else None."""
         state = self._read_state()
-        if not state or not self._healthy(state):
-            return None
-        return ServerInfo(
-            url=state["url"],
-            port=int(state["port"]),
-            pid=int(state["pid"]),
-            model_uri=state["model_uri"],
-            reused=True,
-        )
+        return state if state and self._healthy(state) else None
 
-    def ensure(
-        self, model_uri: str, tracking_uri: str, port: int | None = None, timeout_s: float = 180
-    ) -> ServerInfo:
-        """A server for `model_uri`: the running one when it serves that URI (and `port`, if
-        given) and answers /ping, otherwise a fresh one replacing whatever ran before.
-
-        Concurrent callers (two runs promoting at once) are serialised by a file lock, so the
-        second one finds the first one's server instead of killing it while it starts.
-        Raises RuntimeError with the tail of the server log when it exits or is not answering
-        /ping within `timeout_s`.
-        """
+    @contextlib.contextmanager
+    def _locked(self):
+        """Serialise starts across processes (two runs promoting at once), so the second finds the
+        first one's server instead of killing it while it starts."""
         import fcntl
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "server.lock", "w") as lock:
+        with open(self.state_dir / self.lock_file_name, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                return self._ensure_locked(model_uri, tracking_uri, port, timeout_s)
+                yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _ensure_locked(self, model_uri: str, tracking_uri: str, port: int | None, timeout_s: float) -> ServerInfo:
-        current = self.status()
-        if current is not None and current.model_uri == model_uri and port in (None, current.port):
-            return current
-        self.stop()
+    def _launch(
+        self, command: list[str], env: dict[str, str], port: int, state: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
+        """Start `command` (listening on `port`) in its own session, record `state` plus pid, port,
+        url, start time and log path, and wait until it answers /ping; returns the state written.
 
-        port = int(port) if port is not None else _free_port(self.host)
+        Raises RuntimeError with the tail of the server log when it exits or is not answering
+        /ping within `timeout_s`.
+        """
         url = f"http://{_client_host(self.host)}:{port}"
-        command = [
-            sys.executable, "-m", "mlflow", "models", "serve",
-            "-m", model_uri,
-            "--env-manager", "local",
-            "-h", self.host,
-            "-p", str(port),
-            "-w", "1",
-        ]  # fmt: skip
-        env = os.environ.copy()
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-        # `mlflow models serve` execs `uvicorn` through bash: make it this interpreter's uvicorn.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env["PYTHONUNBUFFERED"] = "1"
-
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             log.write(f"$ {' '.join(command)}\n".encode())
@@ -242,17 +251,15 @@ class LocalModelServer:
                 cwd=self.state_dir,
                 start_new_session=True,
             )
-        pid = self._process.pid
-        self._write_state(
-            {
-                "pid": pid,
-                "port": port,
-                "url": url,
-                "model_uri": model_uri,
-                "started_at": datetime.now(timezone.utc).isoformat(),
-                "log_path": str(self.log_path),
-            }
-        )
+        state = {
+            "pid": self._process.pid,
+            "port": port,
+            "url": url,
+            **state,
+            "started_at": datetime.now(timezone.utc).isoformat(),
+            "log_path": str(self.log_path),
+        }
+        self._write_state(state)
 
         deadline = time.monotonic() + timeout_s
         while True:
@@ -260,15 +267,14 @@ class LocalModelServer:
             if exit_code is not None:
                 self.stop()
                 raise RuntimeError(
-                    f"mlflow models serve for {model_uri} exited with code {exit_code}; "
-                    f"log {self.log_path}:\n{self._log_tail()}"
+                    f"{self.description} exited with code {exit_code}; log {self.log_path}:\n{self._log_tail()}"
                 )
             if _ping(url):
-                return ServerInfo(url=url, port=port, pid=pid, model_uri=model_uri, reused=False)
+                return state
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
-                    f"mlflow models serve for {model_uri} did not answer {url}/ping within {timeout_s:.0f}s; "
+                    f"{self.description} did not answer {url}/ping within {timeout_s:.0f}s; "
                     f"log {self.log_path}:\n{self._log_tail()}"
                 )
             time.sleep(0.5)
@@ -281,7 +287,7 @@ class LocalModelServer:
         if state and "pid" in state:
             pgid = int(state["pid"])  # the server leads its own session, so its pid is the group id
             self._reap()
-            if _group_alive(pgid) and _is_model_server_group(pgid):
+            if _group_alive(pgid) and _is_server_group(pgid, self.command_marker):
                 stopped = True
                 self._signal_group(pgid, signal.SIGTERM)
                 if not self._wait_for_group_exit(pgid, _STOP_GRACE_S):
@@ -307,16 +313,71 @@ class LocalModelServer:
             time.sleep(0.1)
         return False
 
-    def predict(self, images: list[Image.Image]) -> list[dict]:
-        """Top-1 predictions from the running server, one dict per image."""
-        state = self._read_state()
-        if not state:
-            raise RuntimeError(f"No model server recorded in {self.state_path}; call ensure() first")
-        return predict_over_http(state["url"], images)
-
     def _log_tail(self) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
         return text[-_LOG_TAIL_CHARS:]
+
+
+class LocalModelServer(ManagedServer):
+    """One `mlflow models serve` process per `state_dir`, serving one model URI at a time."""
+
+    def status(self) -> ServerInfo | None:
+        """The running server this state file describes (alive and answering /ping), else None."""
+        state = self._running_state()
+        if state is None:
+            return None
+        return ServerInfo(
+            url=state["url"],
+            port=int(state["port"]),
+            pid=int(state["pid"]),
+            model_uri=state["model_uri"],
+            reused=True,
+        )
+
+    def ensure(
+        self, model_uri: str, tracking_uri: str, port: int | None = None, timeout_s: float = 180
+    ) -> ServerInfo:
+        """A server for `model_uri`: the running one when it serves that URI (and `port`, if
+        given) and answers /ping, otherwise a fresh one replacing whatever ran before.
+
+        Concurrent callers (two runs promoting at once) are serialised by a file lock, so the
+        second one finds the first one's server instead of killing it while it starts.
+        Raises RuntimeError with the tail of the server log when it exits or is not answering
+        /ping within `timeout_s`.
+        """
+        with self._locked():
+            return self._ensure_locked(model_uri, tracking_uri, port, timeout_s)
+
+    def _ensure_locked(self, model_uri: str, tracking_uri: str, port: int | None, timeout_s: float) -> ServerInfo:
+        current = self.status()
+        if current is not None and current.model_uri == model_uri and port in (None, current.port):
+            return current
+        self.stop()
+
+        port = int(port) if port is not None else _free_port(self.host)
+        command = [
+            sys.executable, "-m", "mlflow", "models", "serve",
+            "-m", model_uri,
+            "--env-manager", "local",
+            "-h", self.host,
+            "-p", str(port),
+            "-w", "1",
+        ]  # fmt: skip
+        env = os.environ.copy()
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+        # `mlflow models serve` execs `uvicorn` through bash: make it this interpreter's uvicorn.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["PYTHONUNBUFFERED"] = "1"
+        self.description = f"mlflow models serve for {model_uri}"
+        state = self._launch(command, env, port, {"model_uri": model_uri}, timeout_s)
+        return ServerInfo(url=state["url"], port=port, pid=int(state["pid"]), model_uri=model_uri, reused=False)
+
+    def predict(self, images: list[Image.Image]) -> list[dict]:
+        """Top-1 predictions from the running server, one dict per image."""
+        state = self._read_state()
+        if not state:
+            raise RuntimeError(f"No model server recorded in {self.state_path}; call ensure() first")
+        return predict_over_http(state["url"], images)
