@@ -40,9 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 # torchvision's 256/1024/256 at equal or better mAP here), 64 RoIs per image (32 with masks), 300
 # proposals in training and 100 at test, at most 20 detections, AdamW at 5e-4: at 2e-3..3e-3 these
 # from-scratch detectors collapse (mAP stays near 0).
-# task -> (metric key of evaluate_model, name printed, goal, CPU recipe tuned on the samples)
+# task -> (test metric key of the task's evaluation, name printed, goal, CPU recipe tuned on the samples)
 RECIPES = {
-    "classification": ("acc", "accuracy", 0.9, {"arch": "resnet18", "epochs": 12}),
+    "classification": ("accuracy", "accuracy", 0.9, {"arch": "resnet18", "epochs": 12}),
     "detection": ("map_50", "map_50", 0.5,
                   {"arch": "fasterrcnn_resnet18_fpn", "epochs": 16, "image_size": 160, "batch_size": 4, "lr": 5e-4}),
     "instance_segmentation": ("segm_map_50", "map_50", 0.4,
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("CV_PIPELINE_HOME", str(Path(tmp) / "home"))
         from sample_lake import build_lake
 
-        from cv_pipeline.evaluation.task_metrics import evaluate_model
+        from cv_pipeline.evaluation.predictions import evaluate
         from cv_pipeline.jobs.runtime import ray_cluster
         from cv_pipeline.training.ray_trainer import RayTrainer
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in result.history:
             print("epoch " + " ".join(f"{k}={v:.4g}" for k, v in row.items()))
         device = "cuda" if args.gpu else "cpu"
-        test = evaluate_model(result.model_path, manifest, "test", device=device)
+        test = evaluate(result.model_path, manifest, "test").metrics
         if args.save_model:
             import shutil
 

@@ -1,18 +1,19 @@
-"""The Dagster code location: wiring only. `CV_PIPELINE_ENV` picks the resource set."""
+"""The Dagster code location: wiring only. `CV_PIPELINE_ENV` picks the resource set; every task
+(the built-in ones and those registered by `$CV_PIPELINE_TASK_MODULES`) gets the same road of
+assets: `<task>_model -> _evaluation -> _registered_model -> _comparison -> _champion -> _endpoint`."""
 
 import os
 
 import dagster as dg
 
-from cv_pipeline.defs.evaluation import VISION_EVALUATION_ASSETS, classifier_evaluation
+from cv_pipeline.defs.evaluation import EVALUATION_ASSETS
 from cv_pipeline.defs.ingestion import coco_tables
 from cv_pipeline.defs.jobs import ingest_job, training_job, tuning_job
-from cv_pipeline.defs.registry import (challenger_beats_champion, champion_classifier, model_comparison,
-                                      registered_classifier)
+from cv_pipeline.defs.registry import CHAMPION_ASSETS, COMPARISON_ASSETS, PROMOTION_CHECKS, REGISTERED_ASSETS
 from cv_pipeline.defs.resources import local_resources
 from cv_pipeline.defs.sensors import landing_batch_sensor, retrain_on_new_data
-from cv_pipeline.defs.serving import serving_endpoint
-from cv_pipeline.defs.training import VISION_MODEL_ASSETS, classifier_model, training_dataset
+from cv_pipeline.defs.serving import ENDPOINT_ASSETS
+from cv_pipeline.defs.training import MODEL_ASSETS, training_dataset
 from cv_pipeline.defs.tuning import hpo_study
 
 RESOURCES_BY_ENVIRONMENT = {"local": local_resources}
@@ -27,10 +28,11 @@ def resources_for(environment: str) -> dict:
     return RESOURCES_BY_ENVIRONMENT[environment]()
 
 
+TASK_ROAD = (MODEL_ASSETS, EVALUATION_ASSETS, REGISTERED_ASSETS, COMPARISON_ASSETS, CHAMPION_ASSETS, ENDPOINT_ASSETS)
+
 defs = dg.Definitions(
-    assets=[coco_tables, training_dataset, classifier_model, *VISION_MODEL_ASSETS, hpo_study, classifier_evaluation,
-            *VISION_EVALUATION_ASSETS, registered_classifier, model_comparison, champion_classifier, serving_endpoint],
-    asset_checks=[challenger_beats_champion],
+    assets=[coco_tables, training_dataset, hpo_study, *(asset for stage in TASK_ROAD for asset in stage.values())],
+    asset_checks=list(PROMOTION_CHECKS.values()),
     jobs=[ingest_job, training_job, tuning_job],
     sensors=[landing_batch_sensor, retrain_on_new_data],
     resources=resources_for(os.environ.get("CV_PIPELINE_ENV", "local")),

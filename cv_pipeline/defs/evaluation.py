@@ -9,8 +9,7 @@ import dagster as dg
 
 from cv_pipeline.defs.metadata import latest_metadata, markdown_table
 from cv_pipeline.defs.resources import LakeResource, MLflowResource
-from cv_pipeline.defs.training import (classifier_model, detection_model, instance_segmentation_model,
-                                       semantic_segmentation_model)
+from cv_pipeline.defs.training import MODEL_ASSETS
 
 PER_IMAGE_TABLE = "evaluation_per_image"
 PER_CLASS_TABLE = "evaluation_per_class"
@@ -85,105 +84,51 @@ def _readable_rows(rows: list[dict]) -> list[dict]:
             for row in rows]
 
 
-def _confusion_markdown(counts: list[list], names: list[str]) -> str:
-    """A confusion matrix as a table: a row per true class, a column per predicted class."""
-    header = ["truth / predicted", *names]
-    return markdown_table([dict(zip(header, [name, *(int(c) for c in row)])) for name, row in zip(names, counts)],
-                          header)
+def evaluation_asset(task: str):
+    """The evaluation asset `<task>_evaluation` of one task: its model's pyfunc (what is served) on
+    the pinned split, scored by the task's own evaluation: metrics, error analysis and plots in the
+    metadata, rows in the evaluation tables, the HTML report in MLflow."""
+    from cv_pipeline.models.tasks import get_task
 
+    model_name = f"{task}_model"
+    spec = get_task(task)
 
-@dg.asset(
-    deps=[classifier_model],
-    group_name="evaluation",
-    kinds={"mlflow", "delta"},
-    description="Accuracy, per-class precision/recall/F1 and a confusion matrix on the test split; "
-                "per-object and per-class rows in Delta, an HTML report.",
-)
-def classifier_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
-                          mlflow: MLflowResource) -> dg.MaterializeResult:
-    from cv_pipeline.evaluation.classification_report import evaluate_classifier
-    from cv_pipeline.evaluation.report import MetricsSection, NotesSection, TableSection, html_report, ImagesSection
-
-    trained = latest_metadata(context, "classifier_model")
-    dataset = latest_metadata(context, "training_dataset")
-    evaluation = evaluate_classifier(trained["model_uri"], dataset["path"], int(trained["dataset_version"]),
-                                     tracking_uri=mlflow.tracking_uri)
-    metrics = evaluation.metrics
-    headline = {key: float(metrics[key]) for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
-                                                     "f1_micro", "f1_weighted")}
-    per_image = [{"batch_id": o["batch_id"], "image_id": o["image_id"], "annotation_id": o["annotation_id"],
-                  "label": truth, "prediction": predicted, "correct": truth == predicted, "confidence": o["score"]}
-                 for o, truth, predicted in zip(evaluation.objects, evaluation.ground_truth, evaluation.predictions)]
-    per_class = [{"class_id": index, "class_name": row["name"], "num_gt": int(row["support"]),
-                  "precision": float(row["precision"]), "recall": float(row["recall"]), "f1": float(row["f1"])}
-                 for index, row in enumerate(metrics["per_class"])]
-    html = html_report(f"classifier_evaluation: {trained['model_uri']}", [
-        MetricsSection("Metrics", {**headline, "objects": metrics["num_samples"], "images": evaluation.num_images}),
-        TableSection("Per class", [{k: row[k] for k in ("class_name", "num_gt", "precision", "recall", "f1")}
-                                   for row in per_class]),
-        ImagesSection("Confusion matrix", [(evaluation.confusion_png, "rows: truth, columns: prediction")]),
-        NotesSection("Notes", [f"Scored through the MLflow pyfunc model (what is served) on the test split of "
-                               f"training_dataset version {trained['dataset_version']}."]),
-    ])
-    published = publish_evaluation(
-        context, lake, mlflow, task="classification", mlflow_run_id=trained["mlflow_run_id"],
-        model_name=f"classifier_model:{trained.get('arch', 'classifier')}",
-        dataset_version=int(trained["dataset_version"]), split="test",
-        metrics=headline, per_image=per_image, per_class=per_class, plots={"confusion_matrix": evaluation.confusion_png},
-        html=html)
-    per_class_md = markdown_table(metrics["per_class"], ["name", "precision", "recall", "f1", "support"])
-    return dg.MaterializeResult(metadata={
-        "model_uri": trained["model_uri"],
-        "mlflow_run_id": trained["mlflow_run_id"],
-        "dataset_version": int(trained["dataset_version"]),
-        "primary_metric": "accuracy",
-        **headline,
-        "macro_f1": float(metrics["f1_macro"]),
-        "test_objects": metrics["num_samples"],
-        "test_images": evaluation.num_images,
-        "per_class": dg.MetadataValue.md(per_class_md),
-        **_plot_metadata({"confusion_matrix": evaluation.confusion_png}, ["confusion_matrix"], "test"),
-        "confusion_matrix_counts": dg.MetadataValue.md(
-            _confusion_markdown(metrics["confusion_matrix"], [row["name"] for row in metrics["per_class"]])),
-        **published,
-    })
-
-
-def evaluation_asset(task: str, model, name: str, description: str):
-    """The evaluation asset of a detection or segmentation model: predictions on the pinned split,
-    the task's metrics (COCO through `DetectionMetrics`, mIoU), error analysis and overlays."""
-    model_name = model.key.to_user_string()
-
-    @dg.asset(name=name, deps=[model], group_name="evaluation", kinds={"pytorch", "mlflow", "delta"},
-              description=description)
+    @dg.asset(name=f"{task}_evaluation", deps=[dg.AssetKey(model_name)], group_name="evaluation",
+              kinds={"pytorch", "mlflow", "delta"}, tags={"task": task},
+              description=f"The {task} model's pyfunc (what is served) on the pinned test split, scored by the "
+                          f"task's evaluation (primary metric {spec.test_metric}): metrics, per-class rows, plots, "
+                          "error analysis where the task has one, an HTML report.")
     def _evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, lake: LakeResource,
                     mlflow: MLflowResource) -> dg.MaterializeResult:
         from cv_pipeline.evaluation.predictions import predict_split
-        from cv_pipeline.evaluation.task_evaluation import evaluate_predictions
         from cv_pipeline.training.dataset import load_manifest
 
         trained = latest_metadata(context, model_name)
         if trained.get("task") != task:
             raise dg.Failure(f"{model_name} holds a {trained.get('task')!r} model, expected {task!r}")
         manifest = load_manifest(lake.table_path("training_dataset"), int(trained["dataset_version"]))
-        predictions = predict_split(trained["model_path"], manifest, config.split, max_images=config.max_images)
-        evaluation = evaluate_predictions(predictions, overlays=config.overlays,
-                                          error_min_score=config.error_min_score)
-        html = evaluation.html(f"{name}: {trained['arch']} ({trained['model_uri']})", notes=[
-            f"{config.split} split of training_dataset version {trained['dataset_version']}, "
-            f"{evaluation.n_images} images.",
-            "COCO statistics use every detection; the error analysis only those scoring at least "
-            f"{config.error_min_score}."])
+        predictions = predict_split(trained["model_uri"], manifest, config.split, max_images=config.max_images,
+                                    tracking_uri=mlflow.tracking_uri)
+        evaluation = spec.evaluate(predictions, {"overlays": config.overlays,
+                                                           "error_min_score": config.error_min_score})
+        html = evaluation.html(f"{context.asset_key.to_user_string()}: {trained['arch']} ({trained['model_uri']})",
+                               notes=[f"Scored through the MLflow pyfunc model (what is served) on the {config.split} "
+                                      f"split of training_dataset version {trained['dataset_version']}, "
+                                      f"{evaluation.n_images} samples.",
+                                      "Detector error analysis uses detections scoring at least "
+                                      f"{config.error_min_score}; COCO statistics use every detection."])
         published = publish_evaluation(
             context, lake, mlflow, task=task, mlflow_run_id=trained["mlflow_run_id"],
             model_name=f"{model_name}:{trained['arch']}",
             dataset_version=int(trained["dataset_version"]), split=config.split, metrics=evaluation.metrics,
             per_image=evaluation.per_image, per_class=evaluation.per_class, plots=evaluation.plots, html=html)
         per_class = _readable_rows(evaluation.per_class)
-        columns = [c for c in ("class_name", "num_gt", "ap", "ap50", "recall", "iou", "dice", "tp", "fp", "missed")
+        columns = [c for c in ("class_name", "num_gt", "num_pred", "precision", "recall", "f1", "ap", "ap50", "iou",
+                               "dice", "tp", "fp", "missed")
                    if any(row.get(c) not in (None, "n/a") for row in per_class)]
         worst = [key for key in evaluation.plots if key.startswith("worst_")][:2]
         return dg.MaterializeResult(metadata={
+            "task": task,
             "model_uri": trained["model_uri"],
             "mlflow_run_id": trained["mlflow_run_id"],
             "dataset_version": int(trained["dataset_version"]),
@@ -191,22 +136,12 @@ def evaluation_asset(task: str, model, name: str, description: str):
             **{k: float(v) for k, v in evaluation.metrics.items()},
             "per_class": dg.MetadataValue.md(markdown_table(per_class, columns)),
             **{k: dg.MetadataValue.json(v) for k, v in evaluation.details.items()},
-            **_plot_metadata(evaluation.plots, ["pr_curves", "ap_per_class", "error_breakdown", "iou_per_class",
-                                                 "confusion_matrix", *worst], config.split),
+            **_plot_metadata(evaluation.plots, ["confusion_matrix", "pr_curves", "ap_per_class", "error_breakdown",
+                                                 "iou_per_class", *worst], config.split),
             **published,
         })
 
     return _evaluation
 
 
-detection_evaluation = evaluation_asset(
-    "detection", detection_model, "detection_evaluation",
-    "COCO box mAP/mAR (exact to pycocotools), per-class AP and PR curves, TIDE-style error analysis and "
-    "overlays of the worst test images.")
-instance_segmentation_evaluation = evaluation_asset(
-    "instance_segmentation", instance_segmentation_model, "instance_segmentation_evaluation",
-    "COCO mask and box mAP/mAR, per-class AP, error analysis on masks, overlays of the worst test images.")
-semantic_segmentation_evaluation = evaluation_asset(
-    "semantic_segmentation", semantic_segmentation_model, "semantic_segmentation_evaluation",
-    "mIoU, per-class IoU and Dice, pixel accuracy, a pixel confusion matrix and overlays of the worst test images.")
-VISION_EVALUATION_ASSETS = (detection_evaluation, instance_segmentation_evaluation, semantic_segmentation_evaluation)
+EVALUATION_ASSETS = {task: evaluation_asset(task) for task in MODEL_ASSETS}  # task -> <task>_evaluation

@@ -14,7 +14,7 @@ ingest_job = dg.define_asset_job(
 training_job = dg.define_asset_job(
     "train_and_deploy",
     selection=dg.AssetSelection.groups("training", "evaluation", "deployment"),
-    description="Build the training dataset, train, evaluate, register, promote and serve the classifier.",
+    description="Build the training dataset, then for every task train, evaluate, register, compare, promote and serve.",
 )
 
 tuning_job = dg.define_asset_job(

@@ -2,7 +2,7 @@
 
 The asset does not care where the script runs:
 
-    def classifier_model(context, job_launcher: JobLauncher):
+    def classification_model(context, job_launcher: JobLauncher):
         return job_launcher.run(context, "cv_pipeline.jobs.train", extras).get_materialize_result()
 
 - `LocalJobLauncher`: `python -m <module>` under `PipesSubprocessClient` on this machine.

@@ -3,6 +3,7 @@
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 
@@ -42,7 +43,13 @@ class MLflowResource(dg.ConfigurableResource):
     registry_uri: str | None = None
     artifact_root: str | None = None
     experiment_name: str = "cv_pipeline"
-    model_name: str = "cv_pipeline_classifier"
+    model_name_prefix: str = "cv_pipeline_"  # a Unity Catalog `catalog.schema.` prefix there
+
+    def model_name_for(self, task: str) -> str:
+        """The registered model of a task: one per task (`cv_pipeline_<task>` locally)."""
+        from cv_pipeline.deployment.registry import registered_model_name
+
+        return registered_model_name(task, self.model_name_prefix)
 
     def registry(self):
         from cv_pipeline.deployment.registry import ModelRegistry
@@ -51,22 +58,33 @@ class MLflowResource(dg.ConfigurableResource):
 
 
 class PromotionPolicy(dg.ConfigurableResource):
-    """The rule a challenger must pass to become champion: its `metric` on the test set at least
-    `threshold`, and the paired-bootstrap interval of challenger - champion above `margin` at its
-    lower bound (with no champion yet, the threshold alone)."""
+    """The rule a challenger must pass to become champion, one per task: its primary test metric
+    (the task's `test_metric`) at least the threshold, and the paired-bootstrap interval of
+    challenger - champion above `margin` at its lower bound (with no champion yet, the threshold
+    alone). Thresholds: `thresholds[task]`, else `threshold` when set, else the task's own
+    `promotion_threshold`."""
 
-    metric: str = "accuracy"
-    threshold: float = 0.6
+    threshold: Optional[float] = None
+    thresholds: dict[str, float] = {}
     margin: float = 0.0
     n_resamples: int = 1000
     confidence: float = 0.95
     seed: int = 0
 
-    def comparison_policy(self):
-        from cv_pipeline.evaluation.model_comparison import ComparisonPolicy
+    def threshold_for(self, task: str) -> float:
+        from cv_pipeline.models.tasks import get_task
 
-        return ComparisonPolicy(metric=self.metric, threshold=self.threshold, margin=self.margin,
-                                n_resamples=self.n_resamples, confidence=self.confidence, seed=self.seed)
+        if task in self.thresholds:
+            return float(self.thresholds[task])
+        return float(self.threshold) if self.threshold is not None else get_task(task).promotion_threshold
+
+    def comparison_policy(self, task: str):
+        from cv_pipeline.evaluation.model_comparison import ComparisonPolicy
+        from cv_pipeline.models.tasks import get_task
+
+        return ComparisonPolicy(metric=get_task(task).test_metric, threshold=self.threshold_for(task),
+                                margin=self.margin, n_resamples=self.n_resamples, confidence=self.confidence,
+                                seed=self.seed)
 
 
 class IngestionPolicy(dg.ConfigurableResource):
@@ -86,16 +104,28 @@ class IngestionPolicy(dg.ConfigurableResource):
 
 
 class ServingResource(dg.ConfigurableResource):
-    """The local HTTP model server for the champion (`mlflow models serve`)."""
+    """The local endpoint server (one process, every task's endpoint) and the traffic the
+    challenger gets beside the champion (0: the champion alone; 10: a 90/10 split)."""
 
     state_dir: str
     host: str = "127.0.0.1"
-    port: int | None = None
+    port: Optional[int] = None
+    challenger_traffic_percentage: int = 0
 
-    def server(self):
-        from cv_pipeline.deployment.serving import LocalModelServer
 
-        return LocalModelServer(Path(self.state_dir), host=self.host)
+def promotion_policy_from_env() -> PromotionPolicy:
+    """`CV_PIPELINE_PROMOTION_THRESHOLD`: `0.5` for every task, or `classification=0.6,detection=0.3`
+    per task (unnamed tasks keep their own); `CV_PIPELINE_PROMOTION_MARGIN`."""
+    text = os.environ.get("CV_PIPELINE_PROMOTION_THRESHOLD", "").strip()
+    threshold, thresholds = None, {}
+    if "=" in text:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            task, _, value = part.partition("=")
+            thresholds[task.strip()] = float(value)
+    elif text:
+        threshold = float(text)
+    return PromotionPolicy(threshold=threshold, thresholds=thresholds,
+                           margin=float(os.environ.get("CV_PIPELINE_PROMOTION_MARGIN", 0.0)))
 
 
 def local_resources() -> dict:
@@ -110,12 +140,11 @@ def local_resources() -> dict:
         "landing": LandingZoneResource(landing_dir=str(settings.landing_dir())),
         "mlflow": MLflowResource(tracking_uri=settings.mlflow_tracking_uri(),
                                  artifact_root=str(settings.mlflow_artifact_root())),
-        "promotion": PromotionPolicy(
-            metric=os.environ.get("CV_PIPELINE_PROMOTION_METRIC", "accuracy"),
-            threshold=float(os.environ.get("CV_PIPELINE_PROMOTION_THRESHOLD", 0.6)),
-            margin=float(os.environ.get("CV_PIPELINE_PROMOTION_MARGIN", 0.0)),
+        "promotion": promotion_policy_from_env(),
+        "serving": ServingResource(
+            state_dir=str(settings.serving_dir()),
+            challenger_traffic_percentage=int(os.environ.get("CV_PIPELINE_CHALLENGER_TRAFFIC", 0)),
         ),
-        "serving": ServingResource(state_dir=str(settings.serving_dir())),
         "ingestion": IngestionPolicy(
             store_image_bytes=os.environ.get("CV_PIPELINE_STORE_IMAGE_BYTES", "0").lower() in ("1", "true", "yes"),
         ),

@@ -141,19 +141,22 @@ def upstream_weights(context, upstream: dg.AssetKey) -> Optional[str]:
     return uri
 
 
-def model_asset(task: str, name: str, description: str, init_from: Optional[dg.AssetsDefinition] = None):
-    """The trained-model asset of one task: its Pipes job trains on Ray and reports back. With
-    `init_from` (another model asset), training starts from that asset's latest model: tensors
+def model_asset(task: str, init_from: Optional[str] = None):
+    """The trained-model asset `<task>_model` of one task: its Pipes job trains on Ray and reports
+    back. With `init_from` (another task), training starts from that task's latest model: tensors
     whose names and shapes match are loaded, the rest stay random (`init_from_upstream: false`
     turns it off)."""
-    upstream = init_from.key if init_from is not None else None
+    from cv_pipeline.models.tasks import get_task
 
-    @dg.asset(name=name, deps=[training_dataset, *([upstream] if upstream else [])], group_name="training",
-              kinds={"pytorch", "ray", "mlflow"}, description=description)
+    spec = get_task(task)
+    upstream = dg.AssetKey(f"{init_from}_model") if init_from else None
+    description = (f"{spec.description} Lightning on Ray Train, run as a Pipes job"
+                   + (f"; may start from {init_from}_model's weights (the task's profile says)." if init_from else "."))
+
+    @dg.asset(name=f"{task}_model", deps=[training_dataset, *([upstream] if upstream else [])], group_name="training",
+              kinds={"pytorch", "ray", "mlflow"}, description=description, tags={"task": task})
     def _model(context: dg.AssetExecutionContext, config: ModelTrainingConfig, lake: LakeResource,
                mlflow: MLflowResource, job_launcher: JobLauncher):
-        from cv_pipeline.models.tasks import get_task
-
         recipe = get_task(task).recipe(config.profile)
         init_from_upstream = recipe.pop("init_from_upstream", True) if config.init_from_upstream is None \
             else config.init_from_upstream
@@ -177,20 +180,20 @@ def model_asset(task: str, name: str, description: str, init_from: Optional[dg.A
     return _model
 
 
-classifier_model = model_asset(
-    "classification", "classifier_model",
-    "Image classifier on object crops: Lightning inside Ray Train, run as a Pipes job.")
-detection_model = model_asset(
-    "detection", "detection_model",
-    "Object detector (torchvision, Faster R-CNN on ResNet-18 by default): Lightning on Ray Train, a Pipes job.")
-instance_segmentation_model = model_asset(
-    "instance_segmentation", "instance_segmentation_model",
-    "Instance segmentation (Mask R-CNN on ResNet-18 by default); the quick profile starts from detection_model's "
-    "backbone, FPN, RPN and box head and learns the masks: Lightning on Ray Train, a Pipes job.",
-    init_from=detection_model)
-semantic_segmentation_model = model_asset(
-    "semantic_segmentation", "semantic_segmentation_model",
-    "Semantic segmentation (semantic FPN on ResNet-18 by default), starting from detection_model's backbone and "
-    "FPN: Lightning on Ray Train, a Pipes job.",
-    init_from=detection_model)
-VISION_MODEL_ASSETS = (detection_model, instance_segmentation_model, semantic_segmentation_model)
+def served_tasks() -> list[str]:
+    """Every registered task that can be evaluated and served (built-in ones first): each gets the
+    same road of assets, from `<task>_model` to `<task>_endpoint`."""
+    from cv_pipeline.models.builtin_tasks import BUILTIN_TASKS
+    from cv_pipeline.models.tasks import available_tasks, get_task
+
+    builtin = [spec.name for spec in BUILTIN_TASKS]
+    return builtin + [name for name in available_tasks() if name not in builtin and get_task(name).servable]
+
+
+def _model_assets() -> dict:
+    from cv_pipeline.models.tasks import get_task
+
+    return {task: model_asset(task, get_task(task).init_from_task) for task in served_tasks()}
+
+
+MODEL_ASSETS = _model_assets()  # task -> its <task>_model asset

@@ -1,7 +1,11 @@
-"""The MLflow pyfunc wrapper around a classifier artifact (`model.pt`), and logging it to a run.
+"""The one artifact format of every task: an MLflow pyfunc model around the task's model file.
 
+`VisionModel` loads the artifact (`model.pt`, `tasks.save_model_artifact`) and answers with the
+task's own `predict`, one JSON-able prediction per image. Evaluation, comparison, batch inference
+and the serving endpoints all load this model, so what is served is exactly what was evaluated.
 Requests carry images as base64-encoded file bytes in an `image` column, so the same model serves
-`mlflow models serve`, `mlflow.pyfunc.load_model` in a notebook and Databricks Model Serving.
+our endpoints, `mlflow models serve`, `mlflow.pyfunc.load_model` in a notebook and Databricks Model
+Serving.
 """
 
 import base64
@@ -22,19 +26,16 @@ from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from PIL import Image, UnidentifiedImageError
 
-from cv_pipeline.models.classification import load_classifier_artifact, predict_probabilities, preprocess
 
 IMAGE_COLUMN = "image"
-OUTPUT_COLUMNS = ("category_id", "label", "score")
+ARTIFACT_KEY = "model"
 # The distributions the model needs at load time, pinned to what is installed where it was logged.
 _REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "cloudpickle")
-# The modules the pickled model needs, copied into it as `code/cv_pipeline/...` so it loads where
-# `cv_pipeline` is not importable (a server started from another directory). No `__init__.py` and
-# no top-level module is copied: where the project's own package is importable, its regular
-# packages take precedence over these namespace portions, so loading a model never shadows the
-# live code of a process.
+# The package's modules travel with the model as `code/cv_pipeline/...`, so it loads where
+# `cv_pipeline` is not importable (a server started from another directory). No `__init__.py` is
+# copied: where the project's own package is importable, its regular packages take precedence over
+# these namespace portions, so loading a model never shadows the live code of a process.
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
-_MODEL_CODE = ("deployment/pyfunc.py", "models/classification.py")
 
 
 def encode_image(image: Image.Image, format: str = "PNG") -> str:
@@ -71,16 +72,27 @@ def decode_image(value: Any) -> Image.Image:
     return image
 
 
-class ImageClassifierModel(PythonModel):
-    """Top-1 class for each image: `category_id`, `label` and `score` (softmax probability)."""
+class VisionModel(PythonModel):
+    """Any task's model: `predict` takes base64 images in an `image` column and returns the task's
+    predictions, one dict per row; `predict_images` does the same for decoded images."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        self.model, self.spec = load_classifier_artifact(context.artifacts["classifier"])
+        import torch
 
-    def predict(
-        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ) -> pd.DataFrame:
-        """One output row per input row; `model_input[IMAGE_COLUMN]` holds base64 text or bytes.
+        from cv_pipeline.models.tasks import get_task, load_model_artifact
+
+        self.model, self.info = load_model_artifact(context.artifacts[ARTIFACT_KEY])
+        self.spec = get_task(self.info["task"], self.info.get("task_module"))
+        self.task = self.spec.name
+        self._inference_mode = torch.inference_mode
+
+    def predict_images(self, images: list[Image.Image]) -> list[dict]:
+        """The task's predictions of already decoded images (what a server calls after validating)."""
+        with self._inference_mode():
+            return self.spec.predict(self.model, list(images), self.info)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[dict]:
+        """One prediction per input row; `model_input[IMAGE_COLUMN]` holds base64 text or bytes.
 
         Raises ValueError naming the row and column of an undecodable image, or listing the
         columns received when there is no `image` column.
@@ -98,24 +110,7 @@ class ImageClassifierModel(PythonModel):
                 images.append(decode_image(value))
             except ValueError as error:
                 raise ValueError(f"model_input row {row}, column {IMAGE_COLUMN!r}: {error}") from error
-        if not images:
-            return pd.DataFrame(
-                {
-                    "category_id": pd.Series([], dtype="int64"),
-                    "label": pd.Series([], dtype="object"),
-                    "score": pd.Series([], dtype="float64"),
-                }
-            )
-        probabilities = predict_probabilities(self.model, preprocess(images, self.spec))
-        top = probabilities.argmax(axis=1)
-        labels = [self.spec.labels[int(index)] for index in top]
-        return pd.DataFrame(
-            {
-                "category_id": np.array([int(label["category_id"]) for label in labels], dtype=np.int64),
-                "label": [str(label["name"]) for label in labels],
-                "score": probabilities[np.arange(len(top)), top].astype(np.float64),
-            }
-        )
+        return self.predict_images(images)
 
 
 def _pinned_requirements() -> list[str]:
@@ -123,40 +118,45 @@ def _pinned_requirements() -> list[str]:
 
 
 def _stage_model_code(destination: Path) -> Path:
-    """`destination/cv_pipeline` holding the `_MODEL_CODE` modules, for `code_paths`."""
+    """`destination/cv_pipeline` holding the package's modules (no `__init__.py`), for `code_paths`."""
     target = destination / _PACKAGE_DIR.name
-    for relative in _MODEL_CODE:
+    for source in _PACKAGE_DIR.rglob("*.py"):
+        if source.name == "__init__.py" or "__pycache__" in source.parts:
+            continue
+        relative = source.relative_to(_PACKAGE_DIR)
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_PACKAGE_DIR / relative, target / relative)
+        shutil.copyfile(source, target / relative)
     return target
 
 
-def log_classifier_model(classifier_path: Path, example_image: Image.Image, name: str = "model") -> ModelInfo:
-    """Log the classifier at `classifier_path` as a pyfunc model into the active MLflow run.
+def log_vision_model(model_path: Path, example_image: Image.Image, name: str = "model") -> ModelInfo:
+    """Log the model artifact at `model_path` (any task) as a pyfunc model into the active MLflow run.
 
-    The signature is inferred from `example_image` run through the model; requirements are pinned
-    to this environment, and the modules it needs travel with it, so it serves with
-    `--env-manager local` from any working directory. Raises RuntimeError without an active run.
+    The signature's input is an `image` column of base64 text; its output is the task's
+    `output_example`. Requirements are pinned to this environment and the package's code travels
+    with the model, so it serves with `--env-manager local` from any working directory.
+    Raises RuntimeError without an active run.
     """
-    classifier_path = Path(classifier_path)
-    if not classifier_path.is_file():
-        raise FileNotFoundError(f"classifier_path not found: {classifier_path}")
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model_path not found: {model_path}")
     if mlflow.active_run() is None:
-        raise RuntimeError(
-            "log_classifier_model needs an active MLflow run: call it inside mlflow.start_run()"
-        )
+        raise RuntimeError("log_vision_model needs an active MLflow run: call it inside mlflow.start_run()")
 
-    artifacts = {"classifier": str(classifier_path)}
-    python_model = ImageClassifierModel()
-    example_input = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_image)]})
+    artifacts = {ARTIFACT_KEY: str(model_path)}
+    python_model = VisionModel()
     python_model.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
-    example_output = python_model.predict(None, example_input)
+    example_input = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_image)]})
+    python_model.predict(None, example_input)  # the example must go through, as a request would
+    output_example = python_model.spec.output_example
+    if output_example is None:
+        raise ValueError(f"task {python_model.task!r} has no output_example: its serving signature is unknown")
     with warnings.catch_warnings():
-        # mlflow hints that integer columns cannot hold missing values; category_id is never missing.
+        # mlflow hints that integer columns cannot hold missing values; category ids are never missing.
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-        signature = infer_signature(example_input, example_output)
-    # The weights are shipped as the `classifier` artifact; the pickled wrapper must not carry them too.
-    del python_model.model, python_model.spec
+        signature = infer_signature(example_input, [dict(output_example)])
+    # The weights are shipped as the artifact; the pickled wrapper must not carry them too.
+    python_model = VisionModel()
 
     with tempfile.TemporaryDirectory(prefix="cv_pipeline_code_") as staging:
         package_code = _stage_model_code(Path(staging))

@@ -21,6 +21,12 @@ from mlflow.utils.uri import is_models_uri
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 REGISTRATION_TIMEOUT_S = 300
+MODEL_NAME_PREFIX = "cv_pipeline_"
+
+
+def registered_model_name(task: str, prefix: str = MODEL_NAME_PREFIX) -> str:
+    """One registered model per task: `cv_pipeline_<task>` (a Unity Catalog prefix there)."""
+    return f"{prefix}{task}"
 
 _NOT_FOUND_CODES = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), "NOT_FOUND"}
 _ALREADY_EXISTS_CODES = {ErrorCode.Name(RESOURCE_ALREADY_EXISTS), "ALREADY_EXISTS"}

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from cv_pipeline.evaluation.comparison import BootstrapResult, Decision, decide, paired_bootstrap, ratio_statistic
+from cv_pipeline.evaluation.comparison import BootstrapResult, Decision, decide, paired_bootstrap
 
 
 @dataclass(frozen=True)
@@ -82,26 +82,9 @@ def compare(challenger: ScoredModel, champion: ScoredModel | None, policy: Compa
     return ModelComparison(policy.metric, challenger.value, champion.value, bootstrap, decision, challenger.n_images)
 
 
-def scored_classifier(predictions, ground_truth, image_keys, num_classes: int, metric: str = "accuracy") -> ScoredModel:
-    """A classifier's per-object predictions as a `ScoredModel` over images: an image drawn k times
-    counts all its objects k times. `metric` is any scalar key of `ClassificationMetrics`."""
-    from cv_pipeline.evaluation.metrics import ClassificationMetrics
-
-    predictions, ground_truth = np.asarray(predictions), np.asarray(ground_truth)
-    if not (len(predictions) == len(ground_truth) == len(image_keys)):
-        raise ValueError(f"predictions ({len(predictions)}), ground_truth ({len(ground_truth)}) and image_keys "
-                         f"({len(image_keys)}) must have one entry per object")
-    keys, image_index = np.unique(np.asarray([f"{b}\x1f{i}" for b, i in image_keys]), return_inverse=True)
-    scorer = ClassificationMetrics(num_classes)
-    value = scorer.compute_metrics(predictions, ground_truth)
-    if metric not in value or not isinstance(value[metric], (int, float)):
-        scalar = sorted(k for k, v in value.items() if isinstance(v, float))
-        raise ValueError(f"unknown classification metric {metric!r}; choose one of {scalar}")
-    if metric == "accuracy":
-        correct = np.bincount(image_index, weights=(predictions == ground_truth).astype(float), minlength=len(keys))
-        statistic = ratio_statistic(correct, np.bincount(image_index, minlength=len(keys)).astype(float))
-    else:
-        def statistic(weights: np.ndarray) -> float:
-            return float(scorer.compute_metrics(predictions, ground_truth,
-                                                sample_weight=np.asarray(weights)[image_index])[metric])
-    return ScoredModel(float(value[metric]), statistic, tuple(keys.tolist()))
+def scored(evaluation) -> ScoredModel:
+    """A task's evaluation (`TaskEvaluation`) as the comparison needs it: its primary metric, and
+    that metric under image weights over `weight_keys`."""
+    if evaluation.statistic is None:
+        raise ValueError(f"the {evaluation.task} evaluation has no statistic under image weights to compare by")
+    return ScoredModel(evaluation.primary_value, evaluation.statistic, tuple(evaluation.weight_keys))

@@ -1,42 +1,69 @@
-"""Run a trained model over one split of a pinned training_dataset and keep what evaluation needs:
-the split's ground truth as a COCO document and the predictions as a COCO results list (detection,
-instance segmentation), or predicted and true label masks at each image's own size (semantic).
+"""Run a model's pyfunc (what is served) over one split of a pinned training_dataset and keep what
+evaluation needs: the samples' keys, the model's answers, and the ground truth to score them.
 
-Images get evaluation ids 1..N in the split's (batch_id, image_id) order, since source image ids
-are unique only within a batch; `image_keys[i]` maps id i + 1 back to its (batch_id, image_id).
+A task says what its samples are (`TaskSpec.evaluation_samples`): object crops for the classifier,
+whole images with a COCO ground-truth document for detectors, whole images with label masks for
+semantic segmentation. Images get evaluation ids 1..N in the split's (batch_id, image_id) order,
+since source image ids are unique only within a batch; `image_keys[i]` maps sample i back to its
+(batch_id, image_id).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
-DETECTOR_TASKS = ("detection", "instance_segmentation")
+
+@dataclass
+class EvaluationSamples:
+    """What a model is asked on a split, in order, and the task's ground truth for it."""
+
+    images: list  # PIL images
+    image_keys: list[tuple[str, int]]  # per sample: (batch_id, image_id)
+    file_paths: list[str | None]
+    ground_truth: Any  # COCO document (detectors), (H, W) uint8 masks (semantic), label indices (classification)
+    records: list = field(default_factory=list, repr=False)  # ImageRecords (images for overlays)
+    extra: dict = field(default_factory=dict)  # per-sample extras, e.g. annotation ids of crops
 
 
 @dataclass
 class SplitPredictions:
-    """A model's outputs on one split, with the ground truth to score them against."""
+    """A model's answers on one split, with the ground truth to score them against."""
 
     task: str
     arch: str
     split: str
     labels: list[dict]  # manifest labels: index, category_id, name
-    image_keys: list[tuple[str, int]]  # evaluation image id - 1 -> (batch_id, image_id)
+    image_keys: list[tuple[str, int]]
     file_paths: list[str | None]
-    ground_truth: dict | None = None  # COCO document (detector tasks)
-    results: list[dict] = field(default_factory=list)  # COCO results (detector tasks)
-    pred_masks: list[np.ndarray] = field(default_factory=list)  # (H, W) uint8 class ids (semantic)
-    gt_masks: list[np.ndarray] = field(default_factory=list)  # (H, W) uint8, 255 = ignore (semantic)
-    records: list = field(default_factory=list, repr=False)  # the split's ImageRecords (images for overlays)
+    outputs: list[dict]  # the pyfunc's predictions, one per sample
+    ground_truth: Any = None
+    records: list = field(default_factory=list, repr=False)
+    extra: dict = field(default_factory=dict)
+    model_uri: str = ""
 
     @property
     def class_names(self) -> list[str]:
         return [label["name"] for label in sorted(self.labels, key=lambda label: label["index"])]
+
+    @cached_property
+    def results(self) -> list[dict]:
+        """Detector answers as a COCO results list (evaluation image ids 1..N)."""
+        return coco_results(self.outputs)
+
+    @cached_property
+    def pred_masks(self) -> list[np.ndarray]:
+        """Semantic answers as (H, W) uint8 masks of label index + 1 (0: background)."""
+        return class_masks(self.outputs, self.labels)
+
+    @property
+    def gt_masks(self) -> list[np.ndarray]:
+        return list(self.ground_truth)
 
 
 def coco_ground_truth(records, labels: list[dict]) -> dict:
@@ -60,84 +87,139 @@ def coco_ground_truth(records, labels: list[dict]) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def _mask_rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def detector_results(outputs: list[dict], image_ids: list[int], labels: list[dict], *,
-                     with_masks: bool, score_threshold: float = 0.0) -> list[dict]:
-    """COCO results from torchvision detector outputs (labels are index + 1; boxes xyxy in pixels)."""
-    category_of = {int(label["index"]) + 1: int(label["category_id"]) for label in labels}
+def coco_results(outputs: list[dict]) -> list[dict]:
+    """COCO results from detector predictions (`{"detections": [...]}` per image, image ids 1..N)."""
     results = []
-    for output, image_id in zip(outputs, image_ids):
-        keep = output["scores"] >= score_threshold
-        boxes = output["boxes"][keep].float().cpu().numpy()
-        scores = output["scores"][keep].float().cpu().numpy()
-        classes = output["labels"][keep].cpu().numpy()
-        masks = (output["masks"][keep][:, 0] > 0.5).cpu().numpy() if with_masks else None
-        for i in range(len(boxes)):
-            x0, y0, x1, y1 = (float(v) for v in boxes[i])
-            result = {"image_id": int(image_id), "category_id": category_of[int(classes[i])],
-                      "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[i])}
-            if masks is not None:
-                result["segmentation"] = _mask_rle(masks[i])
+    for image_id, output in enumerate(outputs, start=1):
+        for detection in output.get("detections", []):
+            result = {"image_id": image_id, "category_id": int(detection["category_id"]),
+                      "bbox": [float(v) for v in detection["bbox"]], "score": float(detection["score"])}
+            if "segmentation" in detection:
+                result["segmentation"] = detection["segmentation"]
             results.append(result)
     return results
 
 
-@torch.no_grad()
-def predict_split(model_path: str | Path, manifest, split: str = "test", *, device: str = "cpu",
-                  batch_size: int = 4, score_threshold: float = 0.0, config: dict | None = None,
-                  max_images: int | None = None) -> SplitPredictions:
-    """Predictions of the model artifact at `model_path` on `split` of `manifest` (a DatasetManifest).
+def class_masks(outputs: list[dict], labels: list[dict]) -> list[np.ndarray]:
+    """(H, W) uint8 masks of label index + 1 from semantic predictions (per-class RLE masks)."""
+    from cv_pipeline.models.builtin_tasks import decode_rle
 
-    Detector outputs are in each image's pixels already (torchvision resizes internally and maps
-    back); semantic logits are resized to the image's own size before the argmax, so masks are
-    scored at full resolution against the full-resolution ground truth. `max_images` keeps the
-    split's first N images (smoke runs)."""
-    import torch.nn.functional as F
-    from lightning.fabric.utilities.apply_func import move_data_to_device
-    from torch.utils.data import DataLoader
+    index_of = {int(label["category_id"]): int(label["index"]) + 1 for label in labels}
+    masks = []
+    for output in outputs:
+        mask = np.zeros((int(output["height"]), int(output["width"])), np.uint8)
+        for entry in output.get("classes", []):
+            mask[decode_rle(entry["mask"]).astype(bool)] = index_of[int(entry["category_id"])]
+        masks.append(mask)
+    return masks
 
-    from cv_pipeline.evaluation.task_metrics import load_trained_model
-    from cv_pipeline.training.coco_dataset import CocoDeltaDataset, load_image_records, semantic_target
 
-    model, spec, info = load_trained_model(model_path)
-    if spec.name not in (*DETECTOR_TASKS, "semantic_segmentation"):
-        raise ValueError(f"predict_split handles detection, instance_segmentation and semantic_segmentation "
-                         f"models; {model_path} is a {spec.name!r} model")
-    model.to(device)
-    config = {**spec.defaults, **info.get("options", {}), **(config or {})}
+def _record_images(records) -> list:
+    from PIL import Image
+
+    from cv_pipeline.training.coco_dataset import decode_record_image
+
+    return [Image.fromarray(decode_record_image(record).permute(1, 2, 0).numpy()) for record in records]
+
+
+def _records(manifest, split: str, max_images: int | None):
+    from cv_pipeline.training.coco_dataset import load_image_records
+
     records = load_image_records(manifest, split)[:max_images]
     if not records:
         raise ValueError(f"{manifest.table_path}@v{manifest.version} has no {split} images to evaluate on")
+    return records
+
+
+def detection_samples(manifest, split: str = "test", max_images: int | None = None) -> EvaluationSamples:
+    """Every image of the split (those without objects too) and its COCO ground truth."""
+    records = _records(manifest, split, max_images)
     labels = sorted(manifest.labels, key=lambda label: label["index"])
-    out = SplitPredictions(task=spec.name, arch=info.get("arch", ""), split=split, labels=labels,
-                           image_keys=[(r.batch_id, r.image_id) for r in records],
-                           file_paths=[r.file_path for r in records], records=records)
-    detector = spec.name in DETECTOR_TASKS
-    dataset = CocoDeltaDataset(records, spec.target_builder, spec.transforms(False, config) if spec.transforms else None)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=lambda batch: batch)
-    if detector:
-        out.ground_truth = coco_ground_truth(records, labels)
-    start = 0
-    for batch in loader:
-        images = [move_data_to_device(image, device) for image, _ in batch]
-        batch_records = records[start:start + len(batch)]
-        ids = list(range(start + 1, start + len(batch) + 1))
-        start += len(batch)
-        if detector:
-            out.results += detector_results(model(images), ids, labels, with_masks=spec.name != "detection",
-                                            score_threshold=score_threshold)
-            continue
-        logits = model(torch.stack(images))["out"]
-        for record, logit in zip(batch_records, logits):
-            full = F.interpolate(logit[None].float(), size=(record.height, record.width), mode="bilinear",
-                                 align_corners=False)
-            out.pred_masks.append(full[0].argmax(0).to(torch.uint8).cpu().numpy())
-            mask = semantic_target(record, record.height, record.width)["mask"]
-            out.gt_masks.append(mask.as_subclass(torch.Tensor).to(torch.uint8).numpy())
-    return out
+    return EvaluationSamples(_record_images(records), [(r.batch_id, r.image_id) for r in records],
+                             [r.file_path for r in records], coco_ground_truth(records, labels), records)
+
+
+def semantic_samples(manifest, split: str = "test", max_images: int | None = None) -> EvaluationSamples:
+    """Every image of the split and its full-resolution label mask (255: crowd, ignored)."""
+    import torch
+
+    from cv_pipeline.training.coco_dataset import semantic_target
+
+    records = _records(manifest, split, max_images)
+    masks = [semantic_target(r, r.height, r.width)["mask"].as_subclass(torch.Tensor).numpy().astype(np.uint8)
+             for r in records]
+    return EvaluationSamples(_record_images(records), [(r.batch_id, r.image_id) for r in records],
+                             [r.file_path for r in records], masks, records)
+
+
+def crop_samples(manifest, split: str = "test", max_images: int | None = None) -> EvaluationSamples:
+    """The crop of every object of the split (of its first `max_images` images) and its label index."""
+    from cv_pipeline.training.crops import iter_row_crops
+    from cv_pipeline.training.dataset import load_split
+
+    rows = load_split(manifest.table_path, manifest.version, split)
+    if max_images is not None:
+        keep = list(dict.fromkeys((r["batch_id"], r["image_id"]) for r in rows))[:max_images]
+        rows = [r for r in rows if (r["batch_id"], r["image_id"]) in set(keep)]
+    if not rows:
+        raise ValueError(f"{manifest.table_path}@v{manifest.version} has no {split} objects to evaluate on")
+    crops = [None] * len(rows)
+    for index, crop in iter_row_crops(rows):
+        crops[index] = crop
+    return EvaluationSamples(crops, [(r["batch_id"], int(r["image_id"])) for r in rows],
+                             [r["file_path"] for r in rows], [int(r["label"]) for r in rows],
+                             extra={"annotation_ids": [int(r["annotation_id"]) for r in rows]})
+
+
+def load_vision_model(model: str | Path):
+    """The `VisionModel` of a pyfunc model URI (`models:/...`, `runs:/...`, a local pyfunc folder),
+    or of a bare model artifact file (`model.pt`, loaded the same way in process)."""
+    path = Path(str(model))
+    if path.is_file():
+        from mlflow.pyfunc import PythonModelContext
+
+        from cv_pipeline.deployment.pyfunc import ARTIFACT_KEY, VisionModel
+
+        python_model = VisionModel()
+        python_model.load_context(PythonModelContext(artifacts={ARTIFACT_KEY: str(path)}, model_config=None))
+        return python_model
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(str(model)).unwrap_python_model()
+
+
+def predict_split(model: str | Path, manifest, split: str = "test", *, batch_size: int = 8,
+                  max_images: int | None = None, tracking_uri: str | None = None) -> SplitPredictions:
+    """The answers of `model` (a pyfunc URI or a model artifact file) on `split` of `manifest`.
+
+    Each sample goes through the pyfunc's `predict` as a served request does: encoded as PNG,
+    base64, decoded by the model. `max_images` keeps the split's first N images (smoke runs)."""
+    import pandas as pd
+
+    from cv_pipeline.deployment.pyfunc import IMAGE_COLUMN, encode_image
+
+    if tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs resolve through the global tracking store
+    python_model = load_vision_model(model)
+    spec = python_model.spec
+    samples = spec.evaluation_samples(manifest, split, max_images)
+    outputs: list[dict] = []
+    for start in range(0, len(samples.images), batch_size):
+        frame = pd.DataFrame({IMAGE_COLUMN: [encode_image(image) for image in samples.images[start:start + batch_size]]})
+        outputs.extend(python_model.predict(None, frame))
+    return SplitPredictions(task=spec.name, arch=python_model.info.get("arch", ""), split=split,
+                            labels=sorted(manifest.labels, key=lambda label: label["index"]),
+                            image_keys=samples.image_keys, file_paths=samples.file_paths, outputs=outputs,
+                            ground_truth=samples.ground_truth, records=samples.records, extra=samples.extra,
+                            model_uri=str(model))
+
+
+def evaluate(model: str | Path, manifest, split: str = "test", *, options: dict | None = None,
+             max_images: int | None = None, tracking_uri: str | None = None):
+    """`predict_split`, then the task's own evaluation: a `TaskEvaluation`."""
+    from cv_pipeline.models.tasks import get_task
+
+    predictions = predict_split(model, manifest, split, max_images=max_images, tracking_uri=tracking_uri)
+    return get_task(predictions.task).evaluate(predictions, dict(options or {}))

@@ -1,9 +1,10 @@
-"""One evaluation of a detection or segmentation model on a split: COCO metrics or mIoU, error
-analysis, per-image and per-class rows (for the Delta tables), plots and an HTML report.
+"""The built-in tasks' evaluations of a model on a split: accuracy and F1 (classification), COCO
+metrics and error analysis (detection, instance segmentation), mIoU (semantic segmentation), with
+per-image and per-class rows (for the Delta tables), plots and an HTML report.
 
-`evaluate_predictions(SplitPredictions)` does the scoring; `TaskEvaluation.statistic(weights)`
-re-scores the primary metric for any image weighting, which the paired bootstrap of a
-champion/challenger comparison needs.
+Each task names its function as `TaskSpec.evaluate`; `evaluate_predictions` calls the task's.
+`TaskEvaluation.statistic(weights)` re-scores the primary metric for any weighting of the images
+`weight_keys` lists, which the paired bootstrap of a champion/challenger comparison needs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from cv_pipeline.evaluation.predictions import SplitPredictions
 
 COCO_STATISTICS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
                    "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
-PRIMARY_METRIC = {"detection": "map_50", "instance_segmentation": "segm_map_50", "semantic_segmentation": "miou"}
 
 
 @dataclass
@@ -33,6 +33,7 @@ class TaskEvaluation:
     plots: dict[str, bytes]
     details: dict = field(default_factory=dict)  # JSON-friendly extras: error counts, size breakdown
     statistic: Callable[[np.ndarray], float] | None = field(default=None, repr=False)
+    weight_keys: tuple = ()  # the (batch_id, image_id) each weight of `statistic` counts, in order
 
     @property
     def n_images(self) -> int:
@@ -73,13 +74,63 @@ def _badness(row: dict) -> tuple:
 
 def evaluate_predictions(predictions: SplitPredictions, *, overlays: int = 4, error_min_score: float = 0.3
                          ) -> TaskEvaluation:
-    """Score `predictions` with the task's metrics; `overlays` worst images are drawn.
+    """Score `predictions` with their task's evaluation; `overlays` worst images are drawn.
 
     Detection errors (TIDE-style) are analysed over detections scoring at least `error_min_score`
     (the ones a user would act on); the COCO statistics use every detection, as COCO does."""
-    if predictions.task == "semantic_segmentation":
-        return _semantic(predictions, overlays)
-    return _detection(predictions, overlays, error_min_score)
+    from cv_pipeline.models.tasks import get_task
+
+    return get_task(predictions.task).evaluate(predictions, {"overlays": overlays, "error_min_score": error_min_score})
+
+
+def _primary(predictions: SplitPredictions) -> str:
+    from cv_pipeline.models.tasks import get_task
+
+    return get_task(predictions.task).test_metric
+
+
+def evaluate_classification(predictions: SplitPredictions, options: dict) -> TaskEvaluation:
+    """Accuracy, macro/micro/weighted F1, per-class precision and recall and a confusion matrix of
+    per-object predictions; the bootstrap resamples images (an image counts all its objects)."""
+    from cv_pipeline.evaluation.comparison import ratio_statistic
+    from cv_pipeline.evaluation.metrics import ClassificationMetrics
+    from cv_pipeline.evaluation.plots import confusion_matrix_png
+
+    names = predictions.class_names
+    index_of = {int(label["category_id"]): int(label["index"]) for label in predictions.labels}
+    predicted = np.asarray([index_of[int(o["category_id"])] for o in predictions.outputs], dtype=np.int64)
+    truth = np.asarray(predictions.ground_truth, dtype=np.int64)
+    scorer = ClassificationMetrics(num_classes=len(names), class_names=names)
+    values = scorer.compute_metrics(predicted, truth)
+    keys, image_index = np.unique(np.asarray([f"{b}\x1f{i}" for b, i in predictions.image_keys]), return_inverse=True)
+    primary = _primary(predictions)
+    if primary == "accuracy":
+        statistic = ratio_statistic(np.bincount(image_index, weights=(predicted == truth).astype(float),
+                                                minlength=len(keys)),
+                                    np.bincount(image_index, minlength=len(keys)).astype(float))
+    else:
+        def statistic(weights: np.ndarray) -> float:
+            return float(scorer.compute_metrics(predicted, truth, sample_weight=np.asarray(weights)[image_index])[primary])
+    metrics = {key: float(values[key]) for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
+                                                    "f1_micro", "f1_weighted")}
+    metrics.update({"num_objects": float(len(truth)), "num_images": float(len(keys))})
+    per_class = [{"class_id": index, "class_name": row["name"], "num_gt": int(row["support"]),
+                  "num_pred": int((predicted == index).sum()), "precision": float(row["precision"]),
+                  "recall": float(row["recall"]), "f1": float(row["f1"])}
+                 for index, row in enumerate(values["per_class"])]
+    annotation_ids = predictions.extra.get("annotation_ids") or [None] * len(truth)
+    per_image = [{"batch_id": batch_id, "image_id": int(image_id), "annotation_id": annotation_id,
+                  "file_name": path, "label": int(label), "prediction": int(guess), "correct": bool(label == guess),
+                  "confidence": float(output["score"])}
+                 for (batch_id, image_id), path, annotation_id, label, guess, output in zip(
+                     predictions.image_keys, predictions.file_paths, annotation_ids, truth, predicted,
+                     predictions.outputs)]
+    plots = {"confusion_matrix": confusion_matrix_png(values["confusion_matrix"], names,
+                                                      title=f"Confusion matrix ({predictions.split}, {len(truth)} objects)")}
+    counts = {name: {other: int(c) for other, c in zip(names, row)} for name, row in zip(names, values["confusion_matrix"])}
+    return TaskEvaluation(task=predictions.task, split=predictions.split, primary_metric=primary, metrics=metrics,
+                          per_class=per_class, per_image=per_image, plots=plots, details={"confusion_counts": counts},
+                          statistic=statistic, weight_keys=tuple(tuple(k.split("\x1f")) for k in keys.tolist()))
 
 
 def _image_rows(predictions: SplitPredictions) -> list[dict]:
@@ -93,13 +144,15 @@ def _image_array(predictions: SplitPredictions, index: int) -> np.ndarray:
     return decode_record_image(predictions.records[index]).permute(1, 2, 0).numpy()
 
 
-def _detection(predictions: SplitPredictions, overlays: int, error_min_score: float) -> TaskEvaluation:
+def evaluate_detection(predictions: SplitPredictions, options: dict, iou_types: tuple = ("bbox",)) -> TaskEvaluation:
+    """COCO box (and with `iou_types` ("bbox", "segm"), mask) statistics exact to pycocotools,
+    per-class AP and PR curves, TIDE-style errors and overlays of the worst images."""
     from cv_pipeline.evaluation.coco_eval import DetectionMetrics
     from cv_pipeline.evaluation.error_analysis import analyze_detection_errors
     from cv_pipeline.evaluation.plots import error_breakdown_png, per_class_bar_png, pr_curves_png
 
+    overlays, error_min_score = int(options.get("overlays", 4)), float(options.get("error_min_score", 0.3))
     truth, results = predictions.ground_truth, predictions.results
-    iou_types = ("bbox", "segm") if predictions.task == "instance_segmentation" else ("bbox",)
     names = {c["id"]: c["name"] for c in truth["categories"]}
     metrics, summaries, evaluations = {}, {}, {}
     for iou_type in iou_types:
@@ -108,7 +161,7 @@ def _detection(predictions: SplitPredictions, overlays: int, error_min_score: fl
         summaries[iou_type] = summary = evaluations[iou_type].summary()
         metrics.update({prefix + key: float(summary[key]) for key in COCO_STATISTICS})
     main = iou_types[-1]  # masks for instance segmentation
-    primary = PRIMARY_METRIC[predictions.task]
+    primary = _primary(predictions)
     key = primary.removeprefix("segm_")
     main_evaluation = evaluations[main]
 
@@ -151,13 +204,16 @@ def _detection(predictions: SplitPredictions, overlays: int, error_min_score: fl
         "error_breakdown": error_breakdown_png({k: v for k, v in counts.items() if k not in ("tp", "fp")},
                                                title=f"Errors of detections scoring >= {error_min_score}"),
     }
-    plots.update(_detection_overlays(predictions, errors.worst_images(overlays), error_min_score))
+    plots.update(_detection_overlays(predictions, errors.worst_images(overlays), error_min_score,
+                                     with_masks="segm" in iou_types))
     details = {"error_counts": counts, "recall_by_size": errors.breakdown_by_size()}
     return TaskEvaluation(task=predictions.task, split=predictions.split, primary_metric=primary, metrics=metrics,
-                          per_class=per_class, per_image=per_image, plots=plots, details=details, statistic=statistic)
+                          per_class=per_class, per_image=per_image, plots=plots, details=details, statistic=statistic,
+                          weight_keys=tuple(predictions.image_keys))
 
 
-def _detection_overlays(predictions: SplitPredictions, worst: list[dict], min_score: float) -> dict[str, bytes]:
+def _detection_overlays(predictions: SplitPredictions, worst: list[dict], min_score: float,
+                        with_masks: bool) -> dict[str, bytes]:
     from pycocotools import mask as mask_utils
 
     from cv_pipeline.evaluation.plots import overlay_png
@@ -165,7 +221,6 @@ def _detection_overlays(predictions: SplitPredictions, worst: list[dict], min_sc
     if not predictions.records:
         return {}
     names = {c["id"]: c["name"] for c in predictions.ground_truth["categories"]}
-    with_masks = predictions.task == "instance_segmentation"
     plots = {}
     for row in worst:
         image_id = row["image_id"]
@@ -192,7 +247,9 @@ def _detection_overlays(predictions: SplitPredictions, worst: list[dict], min_sc
     return plots
 
 
-def _semantic(predictions: SplitPredictions, overlays: int) -> TaskEvaluation:
+def evaluate_semantic(predictions: SplitPredictions, options: dict) -> TaskEvaluation:
+    """mIoU, Dice, pixel accuracy, per-class IoU, a pixel confusion matrix, overlays of the worst images."""
+    overlays = int(options.get("overlays", 4))
     from cv_pipeline.evaluation.comparison import ratio_statistic
     from cv_pipeline.evaluation.plots import confusion_matrix_png, per_class_bar_png, semantic_overlay_png
     from cv_pipeline.evaluation.segmentation_metrics import SegmentationMetrics
@@ -236,5 +293,6 @@ def _semantic(predictions: SplitPredictions, overlays: int) -> TaskEvaluation:
             plots[f"worst_{batch_id}_{source_id}"] = semantic_overlay_png(
                 _image_array(predictions, i), predictions.gt_masks[i], predictions.pred_masks[i], len(names),
                 class_names=names)
-    return TaskEvaluation(task=predictions.task, split=predictions.split, primary_metric="miou", metrics=metrics,
-                          per_class=per_class, per_image=per_image, plots=plots, statistic=statistic)
+    return TaskEvaluation(task=predictions.task, split=predictions.split, primary_metric=_primary(predictions),
+                          metrics=metrics, per_class=per_class, per_image=per_image, plots=plots, statistic=statistic,
+                          weight_keys=tuple(predictions.image_keys))

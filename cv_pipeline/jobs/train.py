@@ -89,6 +89,22 @@ def epoch_progress(history_path: Path, epochs: int, log, interval_s: float = 1.0
         thread.join(timeout=5)
 
 
+def log_task_model(spec, manifest, model_path: Path, run_id: str, log=print) -> str:
+    """Log a trained model into the active run as the task's pyfunc model (every task the same way,
+    with a validation image as the input example); returns its URI. A task without `predict` and
+    evaluation is logged as its artifact file only, and cannot be evaluated or served."""
+    import mlflow
+
+    if not spec.servable:
+        log(f"task {spec.name!r} has no predict/evaluation_samples/evaluate: its model is logged as a file only")
+        mlflow.log_artifact(str(model_path), artifact_path="model")
+        return f"runs:/{run_id}/model/{model_path.name}"
+    from cv_pipeline.deployment.pyfunc import log_vision_model
+
+    example = spec.evaluation_samples(manifest, "val", 1).images[0]
+    return log_vision_model(model_path, example).model_uri
+
+
 def run_training(params: dict, log=print) -> dict:
     """Create the MLflow run, train on Ray, log checkpoint and model; returns what the asset reports."""
     import mlflow
@@ -136,17 +152,7 @@ def run_training(params: dict, log=print) -> dict:
         mlflow.log_metrics({f"best_{k}": v for k, v in result.metrics.items() if k.startswith(("val_", "train_"))})
         mlflow.log_artifacts(result.checkpoint_path, artifact_path="checkpoint")
         mlflow.set_tag("restarts", str(max(0, len(result.attempts) - 1)))
-        if spec.name == "classification":  # the classifier artifact: served as an MLflow pyfunc
-            from cv_pipeline.deployment.pyfunc import log_classifier_model
-            from cv_pipeline.training.crops import crop_row
-            from cv_pipeline.training.dataset import load_split
-
-            mlflow.log_artifact(result.model_path, artifact_path="classifier")
-            example = crop_row(load_split(manifest.table_path, manifest.version, "val")[0])
-            model_uri = log_classifier_model(Path(result.model_path), example).model_uri
-        else:
-            mlflow.log_artifact(result.model_path, artifact_path="model")
-            model_uri = f"runs:/{run_id}/model/model.pt"
+        model_uri = log_task_model(spec, manifest, Path(result.model_path), run_id, log)
     return {
         "task": spec.name,
         "profile": params.get("profile", "full"),

@@ -344,6 +344,119 @@ def classification_datasets(manifest, config):
     return train, val
 
 
+# ---------------------------------------------------------------------------------------------
+# Prediction: what a served, batch-scored or evaluated model answers, one dict per image
+# ---------------------------------------------------------------------------------------------
+
+
+def _names_by_index(info: dict) -> list[dict]:
+    return sorted(info["labels"], key=lambda label: label["index"])
+
+
+def mask_rle(mask) -> dict:
+    """COCO RLE (`size` [h, w], `counts` as text) of a binary mask."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict):
+    """The binary (H, W) uint8 mask of a `mask_rle` dict."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode({"size": list(rle["size"]), "counts": rle["counts"].encode("ascii")})
+
+
+def _image_tensors(images) -> list[torch.Tensor]:
+    from torchvision.transforms.v2 import functional as TF
+
+    return [TF.to_dtype(TF.to_image(image.convert("RGB")), torch.float32, scale=True) for image in images]
+
+
+def classification_predict(model, images, info) -> list[dict]:
+    """Top-1 class (`category_id`, `label`, `score`) and every class's probability, per image: the
+    image is resized to the training `image_size` as the crops were (bilinear), then normalised."""
+    from cv_pipeline.models.classification import preprocess
+
+    labels = _names_by_index(info)
+    if not images:
+        return []
+    probabilities = torch.softmax(model(preprocess(images, int(info["config"].get("image_size", 64)))), dim=1)
+    answers = []
+    for row in probabilities.tolist():
+        top = max(range(len(row)), key=row.__getitem__)
+        answers.append({"category_id": int(labels[top]["category_id"]), "label": str(labels[top]["name"]),
+                        "score": float(row[top]),
+                        "probabilities": {str(label["name"]): float(p) for label, p in zip(labels, row)}})
+    return answers
+
+
+def detector_predict(model, images, info, with_masks: bool = False) -> list[dict]:
+    """Every detection torchvision's post-processing keeps, per image: COCO `bbox` [x, y, w, h] in
+    the image's pixels, `category_id`, `label`, `score`, and with masks each mask as COCO RLE."""
+    labels = _names_by_index(info)
+    answers = []
+    for output in model(_image_tensors(images)) if images else []:
+        boxes = output["boxes"].float().tolist()
+        masks = (output["masks"][:, 0] > 0.5).cpu().numpy() if with_masks else None
+        detections = []
+        for k, ((x0, y0, x1, y1), klass, score) in enumerate(zip(boxes, output["labels"].tolist(),
+                                                                 output["scores"].float().tolist())):
+            label = labels[int(klass) - 1]
+            detection = {"bbox": [x0, y0, x1 - x0, y1 - y0], "category_id": int(label["category_id"]),
+                         "label": str(label["name"]), "score": float(score)}
+            if masks is not None:
+                detection["segmentation"] = mask_rle(masks[k])
+            detections.append(detection)
+        answers.append({"detections": detections})
+    return answers
+
+
+def semantic_predict(model, images, info) -> list[dict]:
+    """The class of every pixel at the input's own resolution, per image: logits at the training
+    `image_size`, resized bilinearly to the image before the argmax; each class present as a COCO RLE
+    mask with its pixel count (pixels of no listed class are background)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from cv_pipeline.training.coco_dataset import semantic_transforms
+
+    labels = _names_by_index(info)
+    if not images:
+        return []
+    transform = semantic_transforms(False, int(info["config"].get("image_size", 256)), "none")
+    logits = model(torch.stack([transform(TF.to_image(image.convert("RGB"))) for image in images]))["out"]
+    answers = []
+    for image, logit in zip(images, logits):
+        full = F.interpolate(logit[None].float(), size=(image.height, image.width), mode="bilinear",
+                             align_corners=False)[0].argmax(0)
+        classes = []
+        for index in full.unique().tolist():
+            if index == 0:
+                continue
+            mask = (full == index).numpy()
+            label = labels[index - 1]
+            classes.append({"category_id": int(label["category_id"]), "label": str(label["name"]),
+                            "pixels": int(mask.sum()), "mask": mask_rle(mask)})
+        answers.append({"width": image.width, "height": image.height, "classes": classes})
+    return answers
+
+
+def _evaluation(name: str):
+    """A function of `cv_pipeline.evaluation`, imported when first called (evaluation needs plots)."""
+    def call(*args, **kwargs):
+        import importlib
+
+        module, _, attribute = name.rpartition(".")
+        return getattr(importlib.import_module(module), attribute)(*args, **kwargs)
+
+    call.__name__ = name.rpartition(".")[2]
+    return call
+
+
+_RLE_EXAMPLE = {"size": [128, 128], "counts": "PPR1"}
+
 _TRAINING_DEFAULTS = {"optimizer": "adamw", "warmup_epochs": 0.0}
 
 
@@ -371,6 +484,11 @@ CLASSIFICATION = TaskSpec(
               "weight_decay": 1e-4, "label_smoothing": 0.05},
     profiles={"quick": {"epochs": 10}},  # 6 epochs reached val accuracy 0.71 only
     goals={"full": 0.9, "quick": 0.8},
+    predict=classification_predict,
+    output_example={"category_id": 1, "label": "circle", "score": 0.9, "probabilities": {"circle": 0.9}},
+    evaluation_samples=_evaluation("cv_pipeline.evaluation.predictions.crop_samples"),
+    evaluate=_evaluation("cv_pipeline.evaluation.task_evaluation.evaluate_classification"),
+    primary_metric="accuracy", promotion_threshold=0.6,
 )
 DETECTION = TaskSpec(
     name="detection",
@@ -383,6 +501,12 @@ DETECTION = TaskSpec(
     target_builder=_detection_target, **_DETECTOR_TASK,
     profiles={"quick": {"epochs": 8, "image_size": 128}},
     goals={"full": 0.5, "quick": 0.3},
+    predict=detector_predict,
+    output_example={"detections": [{"bbox": [10.0, 12.0, 30.0, 24.0], "category_id": 1, "label": "circle",
+                                    "score": 0.9}]},
+    evaluation_samples=_evaluation("cv_pipeline.evaluation.predictions.detection_samples"),
+    evaluate=_evaluation("cv_pipeline.evaluation.task_evaluation.evaluate_detection"),
+    primary_metric="map_50", promotion_threshold=0.25,
 )
 INSTANCE_SEGMENTATION = TaskSpec(
     name="instance_segmentation",
@@ -398,6 +522,12 @@ INSTANCE_SEGMENTATION = TaskSpec(
     profiles={"full": {"init_from_upstream": False},
               "quick": {"epochs": 3, "image_size": 128, "warmup_epochs": 0.0, "init_from_upstream": True}},
     goals={"full": 0.4, "quick": 0.2},
+    predict=partial(detector_predict, with_masks=True),
+    output_example={"detections": [{"bbox": [10.0, 12.0, 30.0, 24.0], "category_id": 1, "label": "circle",
+                                    "score": 0.9, "segmentation": _RLE_EXAMPLE}]},
+    evaluation_samples=_evaluation("cv_pipeline.evaluation.predictions.detection_samples"),
+    evaluate=partial(_evaluation("cv_pipeline.evaluation.task_evaluation.evaluate_detection"), iou_types=("bbox", "segm")),
+    primary_metric="segm_map_50", promotion_threshold=0.15, init_from_task="detection",
 )
 SEMANTIC_SEGMENTATION = TaskSpec(
     name="semantic_segmentation",
@@ -415,6 +545,12 @@ SEMANTIC_SEGMENTATION = TaskSpec(
     # epochs from a 5-epoch detector); 8 epochs end at test mIoU 0.406, 10 at 0.408 for 20 s more
     profiles={"quick": {"epochs": 8, "image_size": 128, "augment": "flip", "dice_weight": 1.0}},
     goals={"full": 0.6, "quick": 0.4},
+    predict=semantic_predict,
+    output_example={"width": 128, "height": 128, "classes": [{"category_id": 1, "label": "circle", "pixels": 300,
+                                                             "mask": _RLE_EXAMPLE}]},
+    evaluation_samples=_evaluation("cv_pipeline.evaluation.predictions.semantic_samples"),
+    evaluate=_evaluation("cv_pipeline.evaluation.task_evaluation.evaluate_semantic"),
+    primary_metric="miou", promotion_threshold=0.3, init_from_task="detection",
 )
 
 BUILTIN_TASKS = (CLASSIFICATION, DETECTION, INSTANCE_SEGMENTATION, SEMANTIC_SEGMENTATION)

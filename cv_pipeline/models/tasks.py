@@ -5,9 +5,22 @@ A task bundles everything training needs to know about a kind of problem:
 - `models`: name -> factory `(num_classes, **options) -> nn.Module` (random weights; no downloads),
 - `target_builder`: `(ImageRecord, height, width) -> target dict` from the Delta rows of one image,
 - `transforms`: `(train: bool, config) -> transforms v2 callable (image, target) -> (image, target)`,
-- `loss`: `(model, batch) -> {"loss": total, ...parts}` in training mode,
+- `loss`: `(model, batch, config) -> {"loss": total, ...parts}` in training mode (`config`: the training config),
 - `metrics`: `model_classes(num_classes) -> torchmetrics.Metric` whose `compute()` gives a dict of scalars, fed by
-  `update_metrics(metric, model, batch)` in eval mode; `monitor` names the one that picks checkpoints.
+  `update_metrics(metric, model, batch)` in eval mode; `monitor` names the one that picks checkpoints,
+
+and everything after training, which evaluation, comparison, batch inference and serving share:
+
+- `predict`: `(model, images: list[PIL.Image], info) -> list[dict]`, one JSON-able prediction per image at
+  the image's own resolution (`info` is the artifact's header: labels, arch, config); the MLflow pyfunc
+  model every task is logged as (`cv_pipeline.deployment.pyfunc.VisionModel`) calls exactly this,
+- `output_example`: one prediction as `predict` returns it (the serving signature's output),
+- `evaluation_samples`: `(manifest, split, max_images) -> EvaluationSamples`: what the model is asked
+  on a split and the ground truth to score it against,
+- `evaluate`: `(SplitPredictions, options) -> TaskEvaluation`: metrics, per-class and per-image rows,
+  plots, and the primary metric as a function of image weights (the comparison's paired bootstrap),
+- `primary_metric` (a key of the evaluation's metrics) and `promotion_threshold`: the promotion rule's
+  defaults.
 
 A user adds a task with `register_task(TaskSpec(...))` from their own code, exactly as the built-in
 ones below are registered; nothing here needs editing. `num_classes` is always the number of
@@ -17,6 +30,7 @@ segmenters add a background class).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -32,7 +46,7 @@ class TaskSpec:
     name: str
     models: Mapping[str, ModelFactory]
     default_model: str
-    loss: Callable[[torch.nn.Module, Any], dict]
+    loss: Callable[[torch.nn.Module, Any, dict], dict]  # (model, batch, training config)
     metrics: Callable[[int], Any]
     update_metrics: Callable[[Any, torch.nn.Module, Any], None]
     monitor: str  # a key of metrics().compute(), logged as val_<key>
@@ -52,6 +66,22 @@ class TaskSpec:
     model_config_keys: tuple = ()  # training config keys also given to the model factory (e.g. image_size)
     loss_in_eval: bool = False  # the model also gives its loss in eval mode (logged as val_loss)
     description: str = ""
+    predict: Callable | None = None  # (model, images, info) -> list of JSON-able predictions
+    output_example: Mapping[str, Any] | None = None
+    evaluation_samples: Callable | None = None  # (manifest, split, max_images) -> EvaluationSamples
+    evaluate: Callable | None = None  # (SplitPredictions, options: dict) -> TaskEvaluation
+    primary_metric: str = ""  # default: `monitor`
+    init_from_task: str | None = None  # the task whose trained model this one's training may start from
+    promotion_threshold: float = 0.0  # the primary test metric a challenger needs to become champion
+
+    @property
+    def test_metric(self) -> str:
+        """The evaluation metric comparisons and promotion use."""
+        return self.primary_metric or self.monitor
+
+    @property
+    def servable(self) -> bool:
+        return self.predict is not None and self.evaluation_samples is not None and self.evaluate is not None
 
     @property
     def val_monitor(self) -> str:
@@ -102,12 +132,19 @@ def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
     return spec
 
 
-def get_task(task: str | TaskSpec) -> TaskSpec:
+def get_task(task: str | TaskSpec, module: str | None = None) -> TaskSpec:
+    """The registered task by name; `module` (where an artifact says the task was defined) is
+    imported first when the name is not registered yet."""
     if isinstance(task, TaskSpec):
         return task
     _register_builtins()
+    if task not in _TASKS and module:
+        import importlib
+
+        importlib.import_module(module)
     if task not in _TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose one of {available_tasks()}")
+        raise ValueError(f"Unknown task {task!r}; choose one of {available_tasks()} (a task of your own is "
+                         f"registered by a module named in ${TASK_MODULES_ENV})")
     return _TASKS[task]
 
 
@@ -130,7 +167,7 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> dict:
     """
     path = Path(path)
     if path.is_dir():
-        candidates = sorted(path.glob("*.ckpt")) + sorted(path.glob("*.pt"))
+        candidates = sorted(path.rglob("*.ckpt")) + sorted(path.rglob("*.pt"))  # a pyfunc keeps it in artifacts/
         if not candidates:
             raise FileNotFoundError(f"pretrained_weights directory {path} holds no .ckpt or .pt file")
         path = candidates[0]
@@ -152,6 +189,13 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> dict:
 
 
 _BUILTINS_REGISTERED = False
+# Comma-separated modules that register users' tasks (`register_task`) when imported: their tasks
+# get the same assets, registered models and endpoints as the built-in ones.
+TASK_MODULES_ENV = "CV_PIPELINE_TASK_MODULES"
+
+
+def task_modules() -> list[str]:
+    return [name.strip() for name in os.environ.get(TASK_MODULES_ENV, "").split(",") if name.strip()]
 
 
 def _register_builtins() -> None:
@@ -159,33 +203,51 @@ def _register_builtins() -> None:
     if _BUILTINS_REGISTERED:
         return
     _BUILTINS_REGISTERED = True
+    import importlib
+
     from cv_pipeline.models import builtin_tasks
 
     for spec in builtin_tasks.BUILTIN_TASKS:
         _TASKS.setdefault(spec.name, spec)
+    for module in task_modules():
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ImportError(f"${TASK_MODULES_ENV} names {module!r}, which does not import: {error}") from error
+
+
+def task_module(spec: TaskSpec) -> str | None:
+    """The module a user's task is defined in (None for the built-in ones), recorded in its artifacts."""
+    module = getattr(spec.loss, "__module__", None)
+    return None if module is None or module.startswith("cv_pipeline.") else module
 
 
 MODEL_ARTIFACT_FORMAT = "cv_pipeline.model/1"
 
 
 def save_model_artifact(path: str | Path, model: torch.nn.Module, *, task: str, arch: str, labels: list[dict],
-                        options: dict | None = None, extra: dict | None = None) -> Path:
-    """A trained model as one file: task, architecture, factory options, label map, weights."""
+                        options: dict | None = None, config: dict | None = None, extra: dict | None = None) -> Path:
+    """A trained model of any task as one file: task (and the module defining a user's task),
+    architecture, factory options, the training config's plain values (what `predict` needs, e.g.
+    `image_size`), label map, lineage `extra`, weights."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": MODEL_ARTIFACT_FORMAT, "task": task, "arch": arch, "labels": labels,
-                "options": dict(options or {}), "extra": dict(extra or {}),
+    plain = {k: v for k, v in (config or {}).items() if isinstance(v, (str, int, float, bool)) or v is None}
+    torch.save({"format": MODEL_ARTIFACT_FORMAT, "task": task, "task_module": task_module(get_task(task)),
+                "arch": arch, "labels": labels, "options": dict(options or {}), "config": plain,
+                "extra": dict(extra or {}),
                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
     return path
 
 
 def load_model_artifact(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a model written by `save_model_artifact` (its task must be registered), in eval mode."""
+    """Rebuild a model written by `save_model_artifact`, in eval mode; returns it and the artifact's
+    header (everything but the weights)."""
     path = Path(path)
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(payload, dict) or payload.get("format") != MODEL_ARTIFACT_FORMAT:
         raise ValueError(f"{path} is not a cv_pipeline model artifact ({MODEL_ARTIFACT_FORMAT})")
-    spec = get_task(payload["task"])
+    spec = get_task(payload["task"], payload.get("task_module"))
     model = spec.build_model(payload["arch"], len(payload["labels"]), **payload["options"])
     model.load_state_dict(payload["state_dict"])
     model.eval()

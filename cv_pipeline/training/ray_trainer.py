@@ -583,25 +583,16 @@ def checkpoint_state(checkpoint) -> dict:
 
 
 def export_model(spec, checkpoint, manifest, config: dict, model_path: Path) -> None:
-    """Write the model artifact of the best checkpoint: the classifier's serving format for
-    classification, the generic task artifact otherwise."""
+    """Write the task's model artifact (`save_model_artifact`, the same for every task) of the best
+    checkpoint, with the training config and the dataset lineage it was trained on."""
+    from cv_pipeline.models.tasks import save_model_artifact
+
     state = {k.removeprefix("model."): v for k, v in checkpoint_state(checkpoint).items() if k.startswith("model.")}
     lineage = {"dataset_path": manifest.table_path, "dataset_version": manifest.version,
                "source_versions": manifest.source_versions, "dataset_hash": manifest.content_hash}
     labels = [{k: label[k] for k in ("index", "category_id", "name")} for label in manifest.labels]
-    if spec.name == "classification":
-        from cv_pipeline.models.classification import ClassifierSpec, build_classifier, save_classifier_artifact
-
-        model = build_classifier(config["arch"], len(manifest.labels))
-        model.load_state_dict(state)
-        save_classifier_artifact(model_path, model, ClassifierSpec(
-            arch=config["arch"], labels=labels, image_size=int(config["image_size"]), extra=lineage))
-        return
-    from cv_pipeline.models.tasks import save_model_artifact
-
     options = spec.model_options(config)
     model = spec.build_model(config["arch"], len(manifest.labels), **options)
     model.load_state_dict(state)
     save_model_artifact(model_path, model, task=spec.name, arch=config["arch"], labels=labels, options=options,
-                        extra=lineage)
-
+                        config={**spec.defaults, **config}, extra=lineage)
