@@ -23,8 +23,6 @@ from cv_pipeline.deployment.batch_inference import (
 from cv_pipeline.deployment.registry import CHAMPION, ModelRegistry
 from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
 
-pytestmark = pytest.mark.filterwarnings("ignore:Add type hints to the `predict` method:UserWarning")
-
 
 class ImageStatsModel(mlflow.pyfunc.PythonModel):
     """A real pyfunc with the project's image interface: size and mean colour of each image."""
