@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from cv_pipeline.data.delta_io import append_rows, read_table
+from cv_pipeline.data.delta_io import append_rows, read_table, replace_batch
 from cv_pipeline.deployment.batch_inference import (
     PREDICTIONS_SCHEMA,
     ScoringModel,
@@ -127,3 +127,20 @@ def test_unvalidated_and_unknown_batches_and_wrong_task_error(lake, models):
         score_batch(lake, "batch_0001", [("detection", name, version, uri)], tracking_uri=tracking_uri)
     with pytest.raises(ValueError, match="no models"):
         score_batch(lake, "batch_0001", [], tracking_uri=tracking_uri)
+
+
+def test_images_stored_as_bytes_score_like_files(lake, models, tmp_path):
+    tracking_uri, scoring = models
+    from_files = score_batch(lake, "batch_0001", scoring[:1], tracking_uri=tracking_uri)
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    images = read_table(copy / "coco_images", filters=[("batch_id", "=", "batch_0001")])
+    stored = images.append_column("image_bytes", pa.array(
+        [open(p, "rb").read() for p in images["file_path"].to_pylist()], pa.binary()))
+    stored = stored.set_column(stored.schema.get_field_index("file_path"), "file_path",
+                               pa.nulls(stored.num_rows, pa.string()))
+    replace_batch(stored, copy / "coco_images", "batch_0001")
+
+    from_bytes = score_batch(copy, "batch_0001", scoring[:1], tracking_uri=tracking_uri)
+    assert from_bytes["prediction"].to_pylist() == from_files["prediction"].to_pylist()
+    assert from_bytes["image_uid"].to_pylist() == from_files["image_uid"].to_pylist()
