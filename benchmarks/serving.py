@@ -104,8 +104,9 @@ def log_models(tasks: list[str], root: Path, experiment_id: str, stand_in: bool)
                     info = log_vision_model(path, example)
                     logged[task] = (info.model_uri, f"{task} task model {spec.default_model} (random weights)")
                     continue
-                except ImportError as error:
-                    print(f"  task models unavailable ({error}): using the stand-in model", flush=True)
+                except (ImportError, AttributeError, TypeError, ValueError) as error:
+                    print(f"  {task}: task model unavailable ({type(error).__name__}: {error}); "
+                          "using the STAND-IN model", flush=True)
             import cloudpickle
 
             cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -124,7 +124,8 @@ def served(tmp_path_factory):
         options = ServeOptions(log_table=str(root / "inference_log"), flush_interval_s=0.3, limits=LIMITS)
         info = server.ensure(store["uri"], options=options, timeout_s=240)
         context = {"registry": registry, "versions": versions, "state_dir": state_dir, "url": info.url,
-                   "server": server, "log_table": options.log_table, "sent": 0}
+                   "server": server, "log_table": options.log_table, "sent": 0,
+                   "tracking_uri": store["uri"], "options": options}
         try:
             yield context
         finally:
@@ -278,6 +279,8 @@ def test_list_endpoints_and_rest_listing(served):
     rest = requests.get(f"{served['url']}/serving-endpoints", timeout=10).json()
     assert {endpoint["name"] for endpoint in rest["endpoints"]} == {TOY, PLAIN}
     assert requests.get(f"{served['url']}/health", timeout=10).json()["status"] == "OK"
+    again = EndpointServer(served["state_dir"]).ensure(served["tracking_uri"], options=served["options"])
+    assert again.reused and again.url == served["url"]
 
 
 def test_traffic_split_routes_to_both_entities(served):
@@ -331,6 +334,22 @@ def test_swap_under_load_drops_no_request(served):
     assert [entity["model_version"] for entity in listed[TOY]["served_entities"]] == [versions[2]]
 
 
+def test_a_version_that_fails_to_load_leaves_the_endpoint_serving(served):
+    entity = ServedEntity.for_version(TOY, "99")
+    config = update_endpoint(served["state_dir"], EndpointConfig(TOY, "toy", (entity,), (Route(entity.name, 100),)))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = requests.get(f"{served['url']}/serving-endpoints/{TOY}", timeout=10).json()["state"]
+        if state["config_update"] == "UPDATE_FAILED":
+            break
+        time.sleep(0.1)
+    assert state["config_update"] == "UPDATE_FAILED" and state["ready"] == "READY", state
+    assert _post(served, _split(IMAGE)).json()["model_version"] == served["versions"][2]
+    listed = {endpoint["name"]: endpoint for endpoint in list_endpoints(served["state_dir"])}
+    assert listed[TOY]["state"] == "UPDATE_FAILED" and listed[TOY]["config_version"] == config.config_version
+    assert "99" in listed[TOY]["message"]
+
+
 def test_inference_log_has_every_request_after_a_clean_stop(served):
     good = _post(served, {"instances": [IMAGE], "client_request_id": "last-one"}).json()
     assert served["server"].stop()
@@ -350,3 +369,5 @@ def test_inference_log_has_every_request_after_a_clean_stop(served):
     refused = [row for row in table if row["status_code"] == 400 and "not valid base64" in (row["error"] or "")]
     assert refused and refused[0]["inputs"] == [] and "row 2" in refused[0]["error"]
     assert max(len(row["request"]) for row in table) < 20_000  # images were replaced by their digests
+    server_log = served["server"].log_path.read_text()
+    assert "-> 400 row 2, field 'image': not valid base64" in server_log and "-> 500" in server_log
