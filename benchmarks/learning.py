@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         from sample_lake import build_lake
 
         from cv_pipeline.evaluation.predictions import evaluate
-        from cv_pipeline.jobs.runtime import ray_cluster
+        from cv_pipeline.training.ray_cluster import ray_cluster
         from cv_pipeline.training.ray_trainer import RayTrainer
 
         batches = sorted(p for p in (REPO / "data_samples" / "landing").iterdir() if (p / "_SUCCESS").exists())

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("CV_PIPELINE_HOME", str(Path(tmp) / "home"))
         from sample_lake import build_lake
 
-        from cv_pipeline.jobs.runtime import ray_cluster
+        from cv_pipeline.training.ray_cluster import ray_cluster
         from cv_pipeline.training.ray_trainer import RayTrainer
 
         batches = sorted(p for p in (REPO / "data_samples" / "landing").iterdir() if (p / "_SUCCESS").exists())

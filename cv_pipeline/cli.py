@@ -247,7 +247,7 @@ def run_dev(dagster_args: list[str]) -> int:
     import subprocess
 
     from cv_pipeline import settings
-    from cv_pipeline.jobs.runtime import shared_local_ray
+    from cv_pipeline.training.ray_cluster import shared_local_ray
 
     ensure_instance_config()
     workspace = settings.REPO_ROOT / "workspace.yaml"
@@ -259,6 +259,18 @@ def run_dev(dagster_args: list[str]) -> int:
             return process.wait()
         except KeyboardInterrupt:  # dagster dev got the same Ctrl-C: let it shut down first
             return process.wait()
+
+
+def print_endpoints(as_json: bool) -> int:
+    """`cv-pipeline endpoints`: every endpoint under $CV_PIPELINE_HOME/serving, as a table or JSON."""
+    import json
+
+    from cv_pipeline import settings
+    from cv_pipeline.deployment.endpoints import format_endpoints, list_endpoints
+
+    endpoints = list_endpoints(settings.serving_dir())
+    print(json.dumps(endpoints, indent=2) if as_json else format_endpoints(endpoints))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,9 +293,26 @@ def main(argv: list[str] | None = None) -> int:
     dev = sub.add_parser("dev", help="`dagster dev` on this code location, with one local Ray cluster kept up for "
                                      "every job it runs")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
+    endpoints = sub.add_parser("endpoints", help="list the serving endpoints: task, invocations URL, served model "
+                                                 "versions and their traffic")
+    endpoints.add_argument("--json", action="store_true", help="a JSON list of endpoint objects")
+    lineage = sub.add_parser("lineage", help="trace a prediction (request id) or a model version (name:version) "
+                                             "back to its MLflow run, training_dataset, COCO table versions, "
+                                             "batches and code revision")
+    lineage.add_argument("ref", help="a request id (databricks_request_id or client_request_id of inference_log), "
+                                     "name:version, models:/name/version or name@alias")
+    lineage.add_argument("--json", action="store_true", help="the chain as JSON")
+    lineage.add_argument("--rebuild", metavar="DIR", default=None,
+                         help="rebuild that training split into DIR by Delta time travel and check its hash")
     args = parser.parse_args(argv)
     if args.command == "dev":
         return run_dev(args.dagster_args)
+    if args.command == "endpoints":
+        return print_endpoints(args.json)
+    if args.command == "lineage":
+        from cv_pipeline.deployment.lineage import lineage_command
+
+        return lineage_command(args.ref, as_json=args.json, rebuild_dir=args.rebuild)
 
     from cv_pipeline import settings
     from cv_pipeline.console import run_console
@@ -311,7 +340,7 @@ def _run(args, console, settings) -> int:
         return 1
     instance = _instance()
     from cv_pipeline.definitions import defs
-    from cv_pipeline.jobs.runtime import shared_local_ray
+    from cv_pipeline.training.ray_cluster import shared_local_ray
 
     from cv_pipeline.data.quality import batch_gate
 

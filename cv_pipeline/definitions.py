@@ -6,12 +6,13 @@ import os
 
 import dagster as dg
 
+from cv_pipeline.defs.batch import batch_predictions
 from cv_pipeline.defs.evaluation import EVALUATION_ASSETS
 from cv_pipeline.defs.ingestion import coco_tables
-from cv_pipeline.defs.jobs import ingest_job, training_job, tuning_job
+from cv_pipeline.defs.jobs import batch_inference_job, ingest_job, training_job, tuning_job
 from cv_pipeline.defs.registry import CHAMPION_ASSETS, COMPARISON_ASSETS, PROMOTION_CHECKS, REGISTERED_ASSETS
 from cv_pipeline.defs.resources import local_resources
-from cv_pipeline.defs.sensors import landing_batch_sensor, retrain_on_new_data
+from cv_pipeline.defs.sensors import landing_batch_sensor, retrain_on_new_data, score_batch_after_retraining
 from cv_pipeline.defs.serving import ENDPOINT_ASSETS
 from cv_pipeline.defs.training import MODEL_ASSETS, training_dataset
 from cv_pipeline.defs.tuning import hpo_study
@@ -31,9 +32,10 @@ def resources_for(environment: str) -> dict:
 TASK_ROAD = (MODEL_ASSETS, EVALUATION_ASSETS, REGISTERED_ASSETS, COMPARISON_ASSETS, CHAMPION_ASSETS, ENDPOINT_ASSETS)
 
 defs = dg.Definitions(
-    assets=[coco_tables, training_dataset, hpo_study, *(asset for stage in TASK_ROAD for asset in stage.values())],
+    assets=[coco_tables, training_dataset, hpo_study, *(asset for stage in TASK_ROAD for asset in stage.values()),
+            batch_predictions],
     asset_checks=list(PROMOTION_CHECKS.values()),
-    jobs=[ingest_job, training_job, tuning_job],
-    sensors=[landing_batch_sensor, retrain_on_new_data],
+    jobs=[ingest_job, training_job, tuning_job, batch_inference_job],
+    sensors=[landing_batch_sensor, retrain_on_new_data, score_batch_after_retraining],
     resources=resources_for(os.environ.get("CV_PIPELINE_ENV", "local")),
 )

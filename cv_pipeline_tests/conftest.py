@@ -67,7 +67,7 @@ def shared_ray():
     """One local Ray cluster for the whole test session, started in this process on first use: the
     tests' RayTrainer calls use it directly, and every Pipes job subprocess (and `cv-pipeline run`
     subprocess) attaches to it through $CV_PIPELINE_RAY_ADDRESS instead of starting its own."""
-    from cv_pipeline.jobs.runtime import shared_local_ray
+    from cv_pipeline.training.ray_cluster import shared_local_ray
 
     with shared_local_ray() as address:
         yield address
@@ -103,12 +103,16 @@ def end_to_end_run(shared_ray, tmp_path_factory) -> EndToEndRun:
     shutil.copytree(SAMPLES / "defective" / E2E_HELD_BACK_BATCH, landing / E2E_HELD_BACK_BATCH)
     env = {**os.environ, "CV_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
            "CV_PIPELINE_LANDING_DIR": str(landing),
-           # the classifier trains the quick profile's few epochs: the promotion bar matches them
-           "CV_PIPELINE_PROMOTION_THRESHOLD": "0.4"}
+           # the classifier trains the quick profile's few epochs: the promotion bar matches them; the
+           # others train one epoch on six images, so anything is promoted and served
+           "CV_PIPELINE_PROMOTION_THRESHOLD": "classification=0.4,detection=0,instance_segmentation=0,"
+                                              "semantic_segmentation=0"}
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.perf_counter()
-    process = subprocess.run([sys.executable, "-m", "cv_pipeline.cli", "run", "--vision-epochs", "1",
-                              "--max-samples", "6"], env=env, capture_output=True, text=True, timeout=1800)
+    vision = "detection={n},instance_segmentation={n},semantic_segmentation={n}"
+    process = subprocess.run([sys.executable, "-m", "cv_pipeline.cli", "run", "--epochs", vision.format(n=1),
+                              "--max-samples", vision.format(n=6)], env=env, capture_output=True, text=True,
+                             timeout=1800)
     return EndToEndRun(home, home / "dagster_home", landing, E2E_HELD_BACK_BATCH, process.stdout + process.stderr,
                        process.returncode, time.perf_counter() - started)
 
@@ -116,11 +120,13 @@ def end_to_end_run(shared_ray, tmp_path_factory) -> EndToEndRun:
 def pytest_sessionfinish(session, exitstatus):
     try:  # best-effort: a server or Ray session a failed test left behind
         with contextlib.suppress(Exception):
+            from cv_pipeline.deployment.endpoints import EndpointServer
             from cv_pipeline.deployment.serving import LocalModelServer
 
             for home in (_HOME, _HOME / "end_to_end"):
                 if (home / "serving").is_dir():
                     LocalModelServer(home / "serving").stop()
+                    EndpointServer(home / "serving").stop()
         with contextlib.suppress(Exception):
             import ray
 

@@ -1,6 +1,6 @@
 """The whole graph on the bundled samples plus a batch that fails a blocking check, as `make run`
-runs it (`cv-pipeline run` in a subprocess: the `end_to_end_run` session fixture), then the
-served model over HTTP."""
+runs it (`cv-pipeline run` in a subprocess: the `end_to_end_run` session fixture), then every
+task's endpoint over HTTP, and a second version promoted by the quick-start DeploymentPipeline."""
 
 import os
 import re
@@ -11,7 +11,6 @@ import requests
 from cv_pipeline.data.delta_io import read_table
 from cv_pipeline.deployment.pyfunc import encode_image
 from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
-from cv_pipeline.deployment.serving import LocalModelServer
 from cv_pipeline.training.crops import crop_row
 from cv_pipeline.training.dataset import load_split
 
@@ -22,6 +21,9 @@ MAX_CONSOLE_LINES = 150
 
 def table(run, name: str):
     return read_table(str(run.home / "lake" / name))
+
+
+TASKS = ("classification", "detection", "instance_segmentation", "semantic_segmentation")
 
 
 def test_run_succeeds_with_a_readable_console(end_to_end_run):
@@ -38,19 +40,20 @@ def test_run_succeeds_with_a_readable_console(end_to_end_run):
     log_text = open(log_file, errors="replace").read()
     assert "STEP_START" in log_text or "Started execution of step" in log_text
     # one line as each step starts and one as it ends, with its duration and key figure
-    for step in ("training_dataset", "classifier_model", "detection_model", "instance_segmentation_model",
-                 "semantic_segmentation_model", "detection_evaluation", "serving_endpoint"):
+    steps = ["training_dataset", *(f"{task}_{stage}" for task in TASKS
+                                   for stage in ("model", "evaluation", "registered_model", "comparison", "champion",
+                                                 "endpoint"))]
+    for step in steps:
         assert re.search(rf"^  \.\.\. {step}$", out, re.M), (step, out)
         assert re.search(rf"^  ok  {step}  \d+\.\ds", out, re.M), (step, out)
-    assert re.search(r"^  ok  classifier_evaluation  \d+\.\ds  accuracy=0\.\d{3}", out, re.M), out
+    assert re.search(r"^  ok  classification_evaluation  \d+\.\ds  accuracy=0\.\d{3}", out, re.M), out
     assert re.search(r"^  ok  coco_tables \[batch_0001\]  \d+\.\ds", out, re.M), out
-    for task in ("classification (quick)", "detection (quick)", "instance_segmentation (quick)",
-                 "semantic_segmentation (quick)"):
-        assert task in out, (task, out)
-    for expected in ("registered         cv_pipeline_classifier version 1 alias challenger",
-                     "model_comparison   promote: ", "champion           cv_pipeline_classifier version 1",
-                     "serving            http://127.0.0.1:", "sample prediction"):
-        assert expected in out, (expected, out)
+    for task in TASKS:
+        assert f"{task} (quick)" in out, (task, out)
+        # per task: registered version, the comparison's decision, champion, endpoint URL, one answer
+        assert re.search(rf"^  {task} +cv_pipeline_{task} v1 \(challenger\): promote; champion v1$", out, re.M), out
+        assert re.search(rf"http://127\.0\.0\.1:\d+/serving-endpoints/cv_pipeline_{task}/invocations  v1 100%", out), out
+    assert re.search(r"answered category_id=\d+, label=\w+, score=0\.\d{3}", out), out
 
 
 def test_a_batch_failing_a_blocking_check_is_held_back(end_to_end_run):
@@ -68,55 +71,93 @@ def test_a_batch_failing_a_blocking_check_is_held_back(end_to_end_run):
     assert table(run, "coco_annotations").num_rows > 542
 
 
-def test_the_models_were_trained_in_order_and_registered(end_to_end_run):
+def test_every_task_was_registered_compared_and_promoted(end_to_end_run):
     run = end_to_end_run
-    out = run.output
-    assert run.returncode == 0, out
+    assert run.returncode == 0, run.output
     registry = ModelRegistry(f"sqlite:///{run.home / 'mlflow.db'}")
-    assert registry.version_for_alias("cv_pipeline_classifier", CHAMPION) == "1"
-    assert registry.version_for_alias("cv_pipeline_classifier", CHALLENGER) is None
+    for task in TASKS:
+        name = f"cv_pipeline_{task}"
+        assert registry.version_for_alias(name, CHAMPION) == "1", task
+        assert registry.version_for_alias(name, CHALLENGER) is None, task  # cleared by the promotion
+        tags = registry.client.get_model_version(name, "1").tags
+        assert tags["task"] == task and tags["dataset_hash"] and tags["code_revision"]
+        assert {"delta_version.coco_images", "delta_version.coco_batches", "mlflow_run_id", "batches"} <= set(tags)
+        assert f"test_{tags['primary_metric']}" in tags
     assert (run.dagster_home / "storage").exists()
 
 
-def test_the_served_model_answers_over_http(end_to_end_run):
+def _endpoints(run) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    listed = subprocess.run([sys.executable, "-m", "cv_pipeline.cli", "endpoints", "--json"], capture_output=True,
+                            text=True, env={**os.environ, "CV_PIPELINE_HOME": str(run.home)}, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    return {endpoint["name"]: endpoint for endpoint in json.loads(listed.stdout)}
+
+
+def test_every_endpoint_serves_its_champion_over_http(end_to_end_run):
+    """The server outlives the run; `cv-pipeline endpoints --json` lists an endpoint per task; each
+    answers a Databricks-shaped request naming the model version, and the classifier is right."""
+    from PIL import Image
+
     run = end_to_end_run
     assert run.returncode == 0, run.output
-    server = LocalModelServer(run.home / "serving")
-    info = server.status()  # the server outlives the run that started it
-    assert info is not None and info.model_uri == "models:/cv_pipeline_classifier/1"
-    assert requests.get(f"{info.url}/ping", timeout=10).status_code == 200
+    endpoints = _endpoints(run)
+    assert set(endpoints) == {f"cv_pipeline_{task}" for task in TASKS}
+    for name, endpoint in endpoints.items():
+        assert endpoint["state"] == "READY" and endpoint["url"].endswith(f"/serving-endpoints/{name}/invocations")
+        assert [(e["model_name"], e["model_version"], e["traffic_percentage"]) for e in endpoint["served_entities"]] \
+            == [(name, "1", 100)]
     rows = load_split(str(run.home / "lake" / "training_dataset"), None, "test")[:8]
     images = [encode_image(crop_row(row)) for row in rows]
-    response = requests.post(f"{info.url}/invocations", timeout=60,
-                             json={"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}})
+    response = requests.post(endpoints["cv_pipeline_classification"]["url"], timeout=60,
+                             json={"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]},
+                                   "client_request_id": "e2e-classification"})
     assert response.status_code == 200, response.text
-    predictions = response.json()["predictions"]
+    body = response.json()
+    assert body["model_name"] == "cv_pipeline_classification" and body["model_version"] == "1"
+    predictions = body["predictions"]
     assert len(predictions) == len(rows)
     assert {p["category_id"] for p in predictions} <= {1, 2, 4, 5, 7, 9}
     correct = sum(p["category_id"] == row["category_id"] for p, row in zip(predictions, rows))
     assert correct >= 3, predictions  # far above chance (1/6) for a model that passed its check
+    with Image.open(rows[0]["file_path"]) as opened:
+        whole = encode_image(opened.convert("RGB"))
+    for task, key in (("detection", "detections"), ("instance_segmentation", "detections"),
+                      ("semantic_segmentation", "classes")):
+        answer = requests.post(endpoints[f"cv_pipeline_{task}"]["url"], json={"instances": [{"image": whole}]},
+                               timeout=60)
+        assert answer.status_code == 200, (task, answer.text)
+        assert key in answer.json()["predictions"][0] and answer.json()["model_version"] == "1"
+    bad = requests.post(endpoints["cv_pipeline_detection"]["url"], json={"instances": [{"image": "%%%"}]}, timeout=60)
+    assert bad.status_code == 400 and "row 0" in bad.json()["message"]
 
 
-def test_deployment_pipeline_promotes_a_second_version_and_replaces_the_server(end_to_end_run, monkeypatch):
-    """The quick-start DeploymentPipeline trains a second version on the same pinned data; promoting
-    it replaces the running server. (Last: it changes the run's state.)"""
+def test_deployment_pipeline_promotes_a_second_version_and_the_endpoint_follows(end_to_end_run, monkeypatch):
+    """The quick-start DeploymentPipeline trains a second classifier on the same pinned data, compares
+    it with the champion by the same rule and, promoting it, points the endpoint at it: the running
+    server swaps the version in place. (Last: it changes the run's state.)"""
     from cv_pipeline import DeploymentPipeline
+    from cv_pipeline.deployment.endpoints import EndpointServer, invoke
 
     run = end_to_end_run
     assert run.returncode == 0, run.output
     monkeypatch.setenv("CV_PIPELINE_HOME", str(run.home))
-    server = LocalModelServer(run.home / "serving")
-    before = server.status()
+    before = EndpointServer(run.home / "serving").status()
     try:
-        outcome = DeploymentPipeline(None, None, "cv_pipeline_classifier", "cv_pipeline",
-                                     training={"epochs": 3}).run_pipeline(metrics_threshold=0.0)
+        outcome = DeploymentPipeline(None, None, None, "cv_pipeline", training={"epochs": 3}) \
+            .run_pipeline(metrics_threshold=0.0, margin=-1.0)
         registry = ModelRegistry(f"sqlite:///{run.home / 'mlflow.db'}")
-        assert outcome["version"] == "2" and outcome["promoted"]
-        assert registry.version_for_alias("cv_pipeline_classifier", CHAMPION) == "2"
-        replaced = server.status()
-        assert replaced.model_uri == "models:/cv_pipeline_classifier/2" and replaced.pid != before.pid
-        assert outcome["serving_url"] == replaced.url
-        assert requests.get(f"{replaced.url}/ping", timeout=10).status_code == 200
+        assert outcome["version"] == "2" and outcome["promoted"] and outcome["decision"] == "promote", outcome
+        assert outcome["comparison"]["bootstrap"] is not None  # compared with champion v1 on the same images
+        assert registry.version_for_alias("cv_pipeline_classification", CHAMPION) == "2"
+        assert outcome["serving_url"] == _endpoints(run)["cv_pipeline_classification"]["url"]
+        after = EndpointServer(run.home / "serving").status()
+        assert after.pid == before.pid  # the same server: the new version was swapped in, not restarted
+        row = load_split(str(run.home / "lake" / "training_dataset"), None, "test")[0]
+        assert invoke(outcome["serving_url"], [crop_row(row)])["model_version"] == "2"
         assert 0.0 <= outcome["metrics"]["accuracy"] <= 1.0
     finally:
-        server.stop()
+        EndpointServer(run.home / "serving").stop()

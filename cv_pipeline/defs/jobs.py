@@ -23,3 +23,10 @@ tuning_job = dg.define_asset_job(
     description="Hyperparameter study of one task (Ray Tune, ASHA); a model asset with use_best_hpo_config "
                 "then trains with the best configuration found.",
 )
+
+batch_inference_job = dg.define_asset_job(
+    "score_batch",
+    selection=dg.AssetSelection.assets("batch_predictions"),
+    partitions_def=landing_batches,
+    description="Score one validated landing batch with every task's champion into the predictions table.",
+)

@@ -8,7 +8,7 @@ The asset does not care where the script runs:
 - `LocalJobLauncher`: `python -m <module>` under `PipesSubprocessClient` on this machine.
 - `DatabricksJobLauncher`: the same script submitted as a one-off Databricks job run on a new
   (GPU) job cluster through `PipesDatabricksClient`; the script starts Ray on Spark there
-  (`cv_pipeline.jobs.runtime.start_ray`).
+  (`cv_pipeline.training.ray_cluster.start_ray`).
 """
 
 
@@ -42,7 +42,7 @@ class LocalJobLauncher(JobLauncher):
     cwd: str | None = Field(default=None, description="Working directory of the job process (default: this one's).")
 
     def run(self, context: JobContext, module: str, extras: dict | None = None) -> dg.PipesClientCompletedInvocation:
-        from cv_pipeline.jobs.runtime import RAY_ENV_DEFAULTS
+        from cv_pipeline.training.ray_cluster import RAY_ENV_DEFAULTS
 
         return dg.PipesSubprocessClient(cwd=self.cwd).run(
             command=[sys.executable, "-m", module],
@@ -128,7 +128,7 @@ class DatabricksJobLauncher(JobLauncher):
     def cluster_spec(self) -> "compute.ClusterSpec":
         from databricks.sdk.service import compute
 
-        from cv_pipeline.jobs.runtime import RAY_ENV_DEFAULTS, RAY_WORKER_NODES_ENV
+        from cv_pipeline.training.ray_cluster import RAY_ENV_DEFAULTS, RAY_WORKER_NODES_ENV
 
         return compute.ClusterSpec(
             spark_version=self.spark_version,

@@ -4,6 +4,8 @@
 which moves the alias when the decision is to promote. A "keep" is a decision, not a failure: the
 run succeeds and the metadata shows the decision and the interval."""
 
+import json
+
 import dagster as dg
 
 from cv_pipeline.defs.evaluation import EVALUATION_ASSETS
@@ -34,7 +36,7 @@ def registered_asset(task: str):
             **{k: v for k, v in run.data.tags.items() if k.startswith(LINEAGE_TAG_PREFIXES)},
             "dataset_version": str(evaluation["dataset_version"]),
             "dataset_hash": str(dataset["dataset_hash"]),
-            "batches": ",".join(dataset.get("batches") or []),
+            "batches": json.dumps(dataset.get("batches") or []),
             "primary_metric": primary,
             **{f"test_{k}": f"{float(v):.4f}" for k, v in evaluation.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("dataset_version",)},

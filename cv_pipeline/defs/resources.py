@@ -82,9 +82,10 @@ class PromotionPolicy(dg.ConfigurableResource):
         from cv_pipeline.evaluation.model_comparison import ComparisonPolicy
         from cv_pipeline.models.tasks import get_task
 
-        return ComparisonPolicy(metric=get_task(task).test_metric, threshold=self.threshold_for(task),
-                                margin=self.margin, n_resamples=self.n_resamples, confidence=self.confidence,
-                                seed=self.seed)
+        spec = get_task(task)
+        return ComparisonPolicy(metric=spec.test_metric, threshold=self.threshold_for(task), margin=self.margin,
+                                n_resamples=self.n_resamples, confidence=self.confidence, seed=self.seed,
+                                higher_is_better=spec.higher_is_better)
 
 
 class IngestionPolicy(dg.ConfigurableResource):

@@ -1,12 +1,13 @@
 """Sensors: new complete landing batches become partitions and ingestion runs; a successful
-ingestion (every blocking check passed) requests retraining."""
+ingestion (every blocking check passed) requests retraining; a successful retraining scores the
+batch that triggered it with the new champions (batch_predictions)."""
 
 
 import json
 
 import dagster as dg
 
-from cv_pipeline.defs.jobs import ingest_job, training_job
+from cv_pipeline.defs.jobs import batch_inference_job, ingest_job, training_job
 from cv_pipeline.defs.partitions import landing_batches
 from cv_pipeline.defs.resources import LandingZoneResource
 
@@ -44,3 +45,17 @@ def retrain_on_new_data(context: dg.RunStatusSensorContext):
     if waiting:  # a retraining run that has not started yet will read this batch too
         return dg.SkipReason(f"batch {batch}: retraining run {waiting[0].run_id} is already waiting to start")
     return dg.RunRequest(run_key=f"retrain-after-{context.dagster_run.run_id}", tags={"trigger_batch": batch})
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[training_job],
+    request_job=batch_inference_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Scores the landing batch that triggered a successful retraining with every task's champion.",
+)
+def score_batch_after_retraining(context: dg.RunStatusSensorContext):
+    batch = context.dagster_run.tags.get("trigger_batch")
+    if not batch:
+        return dg.SkipReason(f"run {context.dagster_run.run_id} was not triggered by a landing batch")
+    return dg.RunRequest(run_key=f"score-{batch}-after-{context.dagster_run.run_id}", partition_key=batch)

@@ -40,7 +40,7 @@ class DeploymentPipeline:
         from cv_pipeline.deployment.promotion import compare_versions
         from cv_pipeline.deployment.registry import CHALLENGER, ModelRegistry
         from cv_pipeline.evaluation.model_comparison import ComparisonPolicy
-        from cv_pipeline.jobs.train import run_training
+        from cv_pipeline.deployment.training_runs import run_training
         from cv_pipeline.models.tasks import get_task
 
         if not (Path(self.dataset_path) / "_delta_log").is_dir():
@@ -65,7 +65,8 @@ class DeploymentPipeline:
         threshold = spec.promotion_threshold if metrics_threshold is None else float(metrics_threshold)
         outcome = compare_versions(registry, self.model_name, version, self.dataset_path,
                                    int(trained["dataset_version"]),
-                                   ComparisonPolicy(metric=spec.test_metric, threshold=threshold, margin=margin))
+                                   ComparisonPolicy(metric=spec.test_metric, threshold=threshold, margin=margin,
+                                                    higher_is_better=spec.higher_is_better))
         comparison = outcome.pop("comparison")
         result = {"mlflow_run_id": trained["mlflow_run_id"], "version": version, "decision": outcome["decision"],
                   "reason": outcome["reason"], "metrics": {spec.test_metric: outcome["challenger_value"]},

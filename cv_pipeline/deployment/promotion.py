@@ -26,14 +26,8 @@ def compare_versions(registry: ModelRegistry, name: str, challenger_version: str
         champion_version = None
 
     def score(version: str):
-        evaluation = evaluate(registry.model_uri(name, version), manifest, "test", options={"overlays": 0},
-                              tracking_uri=registry.tracking_uri)
-        if policy.metric not in evaluation.metrics:
-            raise ValueError(f"promotion metric {policy.metric!r} is not one of the {evaluation.task} evaluation's "
-                             f"metrics {sorted(evaluation.metrics)}")
-        if evaluation.primary_metric != policy.metric:
-            raise ValueError(f"the {evaluation.task} evaluation bootstraps {evaluation.primary_metric!r}, "
-                             f"not the promotion metric {policy.metric!r}")
+        evaluation = evaluate(registry.model_uri(name, version), manifest, "test",
+                              options={"overlays": 0, "metric": policy.metric}, tracking_uri=registry.tracking_uri)
         return scored(evaluation)
 
     comparison = compare(score(str(challenger_version)), score(champion_version) if champion_version else None,
@@ -42,6 +36,7 @@ def compare_versions(registry: ModelRegistry, name: str, challenger_version: str
         "decision": comparison.decision.action,
         "reason": comparison.decision.reason,
         "metric": policy.metric,
+        "higher_is_better": policy.higher_is_better,
         "model_name": name,
         "challenger_version": str(challenger_version),
         "champion_version": champion_version or "none",
@@ -64,9 +59,10 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def rule_violations(outcome: dict, higher_is_better: bool = True) -> list[str]:
+def rule_violations(outcome: dict) -> list[str]:
     """What is wrong with a recorded comparison (`compare_versions`' values): unknown decision,
     figures that are not finite, or a promotion the rule does not allow. Empty when sound."""
+    higher_is_better = bool(outcome.get("higher_is_better", True))
     problems = []
     decision = outcome.get("decision")
     if decision not in ("promote", "keep"):

@@ -83,10 +83,11 @@ def evaluate_predictions(predictions: SplitPredictions, *, overlays: int = 4, er
     return get_task(predictions.task).evaluate(predictions, {"overlays": overlays, "error_min_score": error_min_score})
 
 
-def _primary(predictions: SplitPredictions) -> str:
+def _primary(predictions: SplitPredictions, options: dict) -> str:
+    """The metric the statistic bootstraps: `options["metric"]` (a comparison's), else the task's."""
     from cv_pipeline.models.tasks import get_task
 
-    return get_task(predictions.task).test_metric
+    return options.get("metric") or get_task(predictions.task).test_metric
 
 
 def evaluate_classification(predictions: SplitPredictions, options: dict) -> TaskEvaluation:
@@ -103,7 +104,10 @@ def evaluate_classification(predictions: SplitPredictions, options: dict) -> Tas
     scorer = ClassificationMetrics(num_classes=len(names), class_names=names)
     values = scorer.compute_metrics(predicted, truth)
     keys, image_index = np.unique(np.asarray([f"{b}\x1f{i}" for b, i in predictions.image_keys]), return_inverse=True)
-    primary = _primary(predictions)
+    primary = _primary(predictions, options)
+    scalar = sorted(k for k, v in values.items() if isinstance(v, float))
+    if primary not in scalar:
+        raise ValueError(f"unknown classification metric {primary!r}; choose one of {scalar}")
     if primary == "accuracy":
         statistic = ratio_statistic(np.bincount(image_index, weights=(predicted == truth).astype(float),
                                                 minlength=len(keys)),
@@ -161,8 +165,11 @@ def evaluate_detection(predictions: SplitPredictions, options: dict, iou_types: 
         summaries[iou_type] = summary = evaluations[iou_type].summary()
         metrics.update({prefix + key: float(summary[key]) for key in COCO_STATISTICS})
     main = iou_types[-1]  # masks for instance segmentation
-    primary = _primary(predictions)
+    primary = _primary(predictions, options)
     key = primary.removeprefix("segm_")
+    if key not in COCO_STATISTICS:
+        raise ValueError(f"unknown detection metric {primary!r}; choose one of {list(COCO_STATISTICS)} "
+                         "(segm_ prefixed for masks)")
     main_evaluation = evaluations[main]
 
     def statistic(weights: np.ndarray) -> float:
@@ -262,6 +269,8 @@ def evaluate_semantic(predictions: SplitPredictions, options: dict) -> TaskEvalu
                "pixel_accuracy": float(summary["pixel_accuracy"]),
                "frequency_weighted_iou": float(summary["frequency_weighted_iou"]),
                "num_images": float(len(predictions.pred_masks))}
+    if _primary(predictions, options) != "miou":
+        raise ValueError(f"semantic segmentation compares by miou only, not {_primary(predictions, options)!r}")
     miou = ratio_statistic(counts.intersection, counts.union)
 
     def statistic(weights: np.ndarray) -> float:
@@ -293,6 +302,6 @@ def evaluate_semantic(predictions: SplitPredictions, options: dict) -> TaskEvalu
             plots[f"worst_{batch_id}_{source_id}"] = semantic_overlay_png(
                 _image_array(predictions, i), predictions.gt_masks[i], predictions.pred_masks[i], len(names),
                 class_names=names)
-    return TaskEvaluation(task=predictions.task, split=predictions.split, primary_metric=_primary(predictions),
+    return TaskEvaluation(task=predictions.task, split=predictions.split, primary_metric=_primary(predictions, options),
                           metrics=metrics, per_class=per_class, per_image=per_image, plots=plots, statistic=statistic,
                           weight_keys=tuple(predictions.image_keys))

@@ -25,7 +25,7 @@ def describe_ray(extras: dict) -> dict:
     """Start (or join) Ray as a job would and describe the cluster."""
     import ray
 
-    from cv_pipeline.jobs.runtime import ray_cluster
+    from cv_pipeline.training.ray_cluster import ray_cluster
 
     with ray_cluster(num_workers=int(extras.get("num_workers", 1)), use_gpu=bool(extras.get("use_gpu", False))) as address:
         return {
@@ -38,7 +38,8 @@ def describe_ray(extras: dict) -> dict:
 
 
 def main() -> None:
-    from cv_pipeline.jobs.runtime import DATABRICKS_RUNTIME_ENV, on_databricks, open_job_pipes
+    from cv_pipeline.jobs.runtime import open_job_pipes
+    from cv_pipeline.training.ray_cluster import DATABRICKS_RUNTIME_ENV, on_databricks
 
     with open_job_pipes() as pipes:
         extras = dict(pipes.extras)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from cv_pipeline.jobs.train import ensure_experiment, lineage_tags
+from cv_pipeline.deployment.training_runs import ensure_experiment, lineage_tags
 
 
 def run_tuning(params: dict, log=print) -> dict:

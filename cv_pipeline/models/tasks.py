@@ -72,12 +72,17 @@ class TaskSpec:
     evaluate: Callable | None = None  # (SplitPredictions, options: dict) -> TaskEvaluation
     primary_metric: str = ""  # default: `monitor`
     init_from_task: str | None = None  # the task whose trained model this one's training may start from
-    promotion_threshold: float = 0.0  # the primary test metric a challenger needs to become champion
+    promotion_threshold: float = 0.0  # the test metric a challenger needs (at least; at most when mode="min")
 
     @property
     def test_metric(self) -> str:
         """The evaluation metric comparisons and promotion use."""
         return self.primary_metric or self.monitor
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The direction of `monitor` and of the test metric (`mode`)."""
+        return self.mode == "max"
 
     @property
     def servable(self) -> bool:

@@ -474,7 +474,7 @@ class RayTrainer:
         `run_name` names the run's folder under the storage path; training again with the same name
         resumes from its latest checkpoint (an interrupted run continues where it stopped).
         """
-        from cv_pipeline.jobs.runtime import start_ray
+        from cv_pipeline.training.ray_cluster import start_ray
 
         loop_config, manifest = self.loop_config(config)
         start_ray(num_workers=self.num_workers, use_gpu=self.use_gpu, cpus_per_worker=self.cpus_per_worker)

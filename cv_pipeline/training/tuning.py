@@ -402,7 +402,7 @@ def run_study(trainer, base_config: dict, search_space: dict, *, num_samples: in
     one at a time by default (`max_concurrent_trials`) so they do not fight over CPUs; ASHA
     (`time_attr="training_iteration"`, one iteration per epoch, `max_t=max_epochs`) stops the weak
     ones at its rungs `grace_period * reduction_factor**k`. Ray must already be initialised (see
-    `cv_pipeline.jobs.runtime.ray_cluster`). Tune's experiment goes to
+    `cv_pipeline.training.ray_cluster.ray_cluster`). Tune's experiment goes to
     `<trainer.storage_path>/<study_name>`, each trial's Train run to `<storage>/<study_name>-<trial id>`.
 
     With `mlflow_tracking_uri`: one parent MLflow run (in `experiment_id`, default experiment if
@@ -426,7 +426,7 @@ def run_study(trainer, base_config: dict, search_space: dict, *, num_samples: in
     if not study_name or "/" in study_name:
         raise ValueError(f"study_name must be a non-empty folder name, got {study_name!r}")
     if not ray.is_initialized():
-        raise RuntimeError("run_study needs Ray: call it inside cv_pipeline.jobs.runtime.ray_cluster(...)")
+        raise RuntimeError("run_study needs Ray: call it inside cv_pipeline.training.ray_cluster.ray_cluster(...)")
 
     from ray.tune.search.sample import Domain
 

@@ -253,7 +253,7 @@ def _materialization_metadata(instance, asset: str) -> dict:
 
 # plots each evaluation must show (the rest come from what the run recorded)
 EXPECTED_PLOTS = {
-    "classifier_evaluation": {"plot_confusion_matrix"},
+    "classification_evaluation": {"plot_confusion_matrix"},
     "detection_evaluation": {"plot_pr_curves", "plot_ap_per_class", "plot_error_breakdown"},
     "semantic_segmentation_evaluation": {"plot_iou_per_class", "plot_confusion_matrix"},
 }

@@ -15,21 +15,22 @@ def test_definitions_load():
     from cv_pipeline.definitions import defs
 
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    tasks = ("classification", "detection", "instance_segmentation", "semantic_segmentation")
+    road = {f"{task}_{stage}" for task in tasks
+            for stage in ("model", "evaluation", "registered_model", "comparison", "champion", "endpoint")}
     assert keys == {"coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "coco_batches",
-                    "coco_quality_metrics", "training_dataset",
-                    "classifier_model", "detection_model", "instance_segmentation_model",
-                    "semantic_segmentation_model", "hpo_study", "classifier_evaluation", "detection_evaluation",
-                    "instance_segmentation_evaluation", "semantic_segmentation_evaluation", "registered_classifier",
-                    "model_comparison", "champion_classifier", "serving_endpoint"}
+                    "coco_quality_metrics", "training_dataset", "hpo_study", "batch_predictions", *road}
     assert defs.resolve_job_def("ingest_batch").partitions_def == landing_batches
+    assert defs.resolve_job_def("score_batch").partitions_def == landing_batches
     trained = {key.to_user_string() for key in defs.resolve_job_def("train_and_deploy").asset_layer.selected_asset_keys}
-    assert {"classifier_model", "detection_model", "semantic_segmentation_model", "detection_evaluation",
-            "model_comparison"} <= trained
-    assert "hpo_study" not in trained  # tuning is its own job
+    assert road <= trained and "training_dataset" in trained
+    assert "hpo_study" not in trained and "batch_predictions" not in trained  # their own jobs
     assert {key.to_user_string() for key in defs.resolve_job_def("tune").asset_layer.selected_asset_keys} == {"hpo_study"}
-    assert {s.name for s in defs.sensors} == {"landing_batch_sensor", "retrain_on_new_data"}
-    checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
-    assert {"annotations_unique_ids", "annotations_bbox_inside_image", "challenger_beats_champion"} <= checks
+    assert {s.name for s in defs.sensors} == {"landing_batch_sensor", "retrain_on_new_data",
+                                              "score_batch_after_retraining"}
+    checks = {(key.asset_key.to_user_string(), key.name) for key in defs.resolve_asset_graph().asset_check_keys}
+    assert {"annotations_unique_ids", "annotations_bbox_inside_image"} <= {name for _, name in checks}
+    assert {(f"{task}_comparison", "promotion_rule_holds") for task in tasks} <= checks
 
 
 def test_unknown_environment_is_refused():
@@ -106,3 +107,19 @@ def test_landing_sensor_survives_a_restart(tmp_path):
         assert [r.partition_key for r in result.run_requests] == ["batch_0003"]
         assert [r.run_key for r in result.run_requests] == ["ingest-batch_0003"]
     after.dispose()
+
+
+def test_a_successful_retraining_scores_the_batch_that_triggered_it():
+    from cv_pipeline.defs.sensors import score_batch_after_retraining
+
+    instance = dg.DagsterInstance.ephemeral()
+    for tags, expected in (({"trigger_batch": "batch_0002"}, "batch_0002"), ({}, None)):
+        context = dg.build_run_status_sensor_context(
+            sensor_name="score_batch_after_retraining", dagster_instance=instance,
+            dagster_run=dg.DagsterRun(job_name="train_and_deploy", run_id=f"run-{expected}", tags=tags),
+            dagster_event=dg.DagsterEvent("PIPELINE_SUCCESS", "train_and_deploy"))
+        outcome = score_batch_after_retraining(context)
+        if expected:
+            assert outcome.partition_key == expected and expected in outcome.run_key
+        else:
+            assert isinstance(outcome, dg.SkipReason)

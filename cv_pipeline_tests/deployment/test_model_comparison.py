@@ -1,5 +1,6 @@
-"""Champion against challenger: the library's paired comparison, then the `model_comparison` asset
-and its blocking check with real registered MLflow models scored on the pinned test split."""
+"""Champion against challenger: the library's paired comparison over the classification task's own
+evaluation, then the `<task>_comparison` asset, its blocking check and the champion asset with real
+registered MLflow models scored on the pinned test split."""
 
 from __future__ import annotations
 
@@ -9,18 +10,32 @@ import numpy as np
 import pytest
 import torch
 
-from cv_pipeline.defs.registry import challenger_beats_champion, champion_classifier, model_comparison
-from cv_pipeline.defs.resources import MLflowResource, PromotionPolicy
-from cv_pipeline.deployment.pyfunc import log_classifier_model
+from cv_pipeline.defs.registry import CHAMPION_ASSETS, COMPARISON_ASSETS, PROMOTION_CHECKS
+from cv_pipeline.defs.resources import LakeResource, MLflowResource, PromotionPolicy
+from cv_pipeline.deployment.promotion import rule_violations
+from cv_pipeline.deployment.pyfunc import log_vision_model
 from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
-from cv_pipeline.evaluation.model_comparison import ComparisonPolicy, compare, scored_classifier
-from cv_pipeline.models.classification import ClassifierSpec, build_classifier, save_classifier_artifact
+from cv_pipeline.evaluation.model_comparison import ComparisonPolicy, compare, scored
+from cv_pipeline.evaluation.predictions import SplitPredictions
+from cv_pipeline.evaluation.task_evaluation import evaluate_classification
+from cv_pipeline.models.tasks import get_task, save_model_artifact
 from cv_pipeline.training.coco_dataset import IMAGENET_MEAN, IMAGENET_STD
 from cv_pipeline.training.crops import crop_row, load_crops
 from cv_pipeline.training.dataset import load_split
 from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
 
-MODEL = "shapes"
+TASK = "classification"
+MODEL = "cv_pipeline_classification"
+LABELS = [{"index": k, "category_id": 10 + k, "name": f"class{k}"} for k in range(4)]
+
+
+def scored_classifier(predicted, truth, keys, num_classes, metric="accuracy"):
+    """Per-object predictions scored by the classification task's own evaluation."""
+    outputs = [{"category_id": 10 + int(p), "score": 1.0} for p in predicted]
+    predictions = SplitPredictions(task=TASK, arch="test", split="test", labels=LABELS[:num_classes],
+                                   image_keys=list(keys), file_paths=[None] * len(keys), outputs=outputs,
+                                   ground_truth=[int(t) for t in truth])
+    return scored(evaluate_classification(predictions, {"metric": metric}))
 
 
 # ------------------------------------------------------------------------------------ library
@@ -102,7 +117,7 @@ def registry_setup(ingested_lake, tmp_path_factory):
     images, targets = load_crops(load_split(manifest.table_path, manifest.version, "train"), size)
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     torch.manual_seed(0)
-    trained = build_classifier("resnet18", len(labels))
+    trained = get_task(TASK).build_model("resnet18", len(labels))
     optimizer = torch.optim.AdamW(trained.parameters(), lr=3e-3)
     for epoch in range(12):
         trained.train()
@@ -115,33 +130,38 @@ def registry_setup(ingested_lake, tmp_path_factory):
             loss.backward()
             optimizer.step()
     root = tmp_path_factory.mktemp("comparison")
-    spec = ClassifierSpec(arch="resnet18", labels=labels, image_size=size)
     example = crop_row(load_split(manifest.table_path, manifest.version, "test")[0])
     with temporary_mlflow_store(root, "comparison") as store:
         uris = {}
-        for name, model in (("trained", trained), ("untrained", build_classifier("resnet18", len(labels)))):
-            path = save_classifier_artifact(root / name / "model.pt", model, spec)
+        for name, model in (("trained", trained), ("untrained", get_task(TASK).build_model("resnet18", len(labels)))):
+            path = save_model_artifact(root / name / "model.pt", model, task=TASK, arch="resnet18", labels=labels,
+                                       config={"image_size": size})
             with mlflow.start_run(experiment_id=store["experiment_id"]):
-                uris[name] = log_classifier_model(path, example).model_uri
+                uris[name] = log_vision_model(path, example).model_uri
         yield store, uris
 
 
 def _materialize(store, ingested_lake, version: str, threshold: float):
-    """model_comparison, its check and champion_classifier after registered_classifier `version`."""
+    """classification_comparison, its check and classification_champion after registered `version`."""
     instance = dg.DagsterInstance.ephemeral()
     dataset_version = ingested_lake.manifest.version
-    for key, metadata in (("training_dataset", {"path": ingested_lake.manifest.table_path}),
-                          ("classifier_evaluation", {"dataset_version": dataset_version}),
-                          ("registered_classifier", {"version": version, "accuracy": 0.0})):
+    for key, metadata in (("classification_evaluation", {"dataset_version": dataset_version}),
+                          ("classification_registered_model", {"version": version, "model_name": MODEL})):
         instance.report_runless_asset_event(dg.AssetMaterialization(key, metadata=metadata))
     return dg.materialize(
-        [model_comparison, challenger_beats_champion, champion_classifier], instance=instance, raise_on_error=False,
-        resources={"mlflow": MLflowResource(tracking_uri=store["uri"], model_name=MODEL),
+        [COMPARISON_ASSETS[TASK], PROMOTION_CHECKS[TASK], CHAMPION_ASSETS[TASK]], instance=instance,
+        raise_on_error=False,
+        resources={"mlflow": MLflowResource(tracking_uri=store["uri"]),
+                   "lake": LakeResource(lake_dir=str(ingested_lake.lake_dir)),
                    "promotion": PromotionPolicy(threshold=threshold, margin=0.0, n_resamples=300)})
 
 
 def _comparison(result) -> dict:
-    return {k: v.value for k, v in result.asset_materializations_for_node("model_comparison")[0].metadata.items()}
+    return {k: v.value for k, v in result.asset_materializations_for_node("classification_comparison")[0].metadata.items()}
+
+
+def _champion(result) -> dict:
+    return {k: v.value for k, v in result.asset_materializations_for_node("classification_champion")[0].metadata.items()}
 
 
 def test_model_comparison_no_champion_then_keep_then_promote(registry_setup, ingested_lake):
@@ -154,19 +174,21 @@ def test_model_comparison_no_champion_then_keep_then_promote(registry_setup, ing
     result = _materialize(store, ingested_lake, first, threshold=0.4)
     comparison = _comparison(result)
     assert comparison["decision"] == "promote" and comparison["champion_version"] == "none", comparison
-    assert comparison["challenger_accuracy"] >= 0.4 and "interval_low" not in comparison
+    assert comparison["metric"] == "accuracy" and comparison["challenger_value"] >= 0.4
+    assert "interval_low" not in comparison
     assert result.success and registry.version_for_alias(MODEL, CHAMPION) == first
+    assert _champion(result)["previous_champion"] == "none" and _champion(result)["version"] == first
 
-    # an untrained challenger against it: kept, the blocking check fails and the alias stays
+    # an untrained challenger against it: kept (a decision: the run succeeds), the alias stays
     second = registry.register(uris["untrained"], MODEL)
     registry.set_alias(MODEL, CHALLENGER, second)
     result = _materialize(store, ingested_lake, second, threshold=0.0)
     comparison = _comparison(result)
     assert comparison["decision"] == "keep" and comparison["champion_version"] == first
-    assert comparison["interval_high"] < 0 < comparison["champion_accuracy"] - comparison["challenger_accuracy"]
+    assert comparison["interval_high"] < 0 < comparison["champion_value"] - comparison["challenger_value"]
     [check] = result.get_asset_check_evaluations()
-    assert check.check_name == "challenger_beats_champion" and not check.passed
-    assert "champion_classifier" not in {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert check.check_name == "promotion_rule_holds" and check.passed
+    assert result.success and _champion(result)["decision"] == "keep" and _champion(result)["version"] == first
     assert registry.version_for_alias(MODEL, CHAMPION) == first
 
     # the other way round (the untrained model is champion): the trained challenger is promoted
@@ -180,3 +202,16 @@ def test_model_comparison_no_champion_then_keep_then_promote(registry_setup, ing
         ingested_lake.manifest.table_path, ingested_lake.manifest.version, "test")})
     assert result.success and registry.version_for_alias(MODEL, CHAMPION) == third
     assert registry.version_for_alias(MODEL, CHALLENGER) is None
+
+
+def test_the_gate_fails_a_promotion_the_rule_does_not_allow():
+    sound = {"decision": "promote", "metric": "accuracy", "challenger_value": 0.9, "champion_version": "1",
+             "champion_value": 0.8, "threshold": 0.6, "margin": 0.0, "interval_low": 0.02, "interval_high": 0.2}
+    assert rule_violations(sound) == []
+    assert rule_violations({**sound, "decision": "keep", "challenger_value": 0.1}) == []
+    assert "below the threshold" in rule_violations({**sound, "challenger_value": 0.5})[0]
+    assert "pessimistic end" in rule_violations({**sound, "interval_low": -0.01})[0]
+    assert "not a finite number" in rule_violations({**sound, "challenger_value": float("nan")})[0]
+    assert "unknown decision" in rule_violations({**sound, "decision": "maybe"})[0]
+    no_champion = {k: v for k, v in sound.items() if not k.startswith(("interval", "champion_value"))}
+    assert rule_violations({**no_champion, "champion_version": "none"}) == []

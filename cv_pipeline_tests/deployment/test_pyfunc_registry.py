@@ -9,14 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cv_pipeline.deployment.pyfunc import (
-    ImageClassifierModel,
-    decode_image,
-    encode_image,
-    log_classifier_model,
-)
+from cv_pipeline.deployment.pyfunc import ARTIFACT_KEY, VisionModel, decode_image, encode_image, log_vision_model
 from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
-from cv_pipeline.models.classification import ClassifierSpec, build_classifier, save_classifier_artifact
+from cv_pipeline.models.tasks import get_task, save_model_artifact
 from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
 
 LABELS = [
@@ -41,10 +36,9 @@ def mlflow_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def classifier_path(tmp_path_factory):
     torch.manual_seed(0)
-    spec = ClassifierSpec(arch="resnet18", labels=LABELS, image_size=32)
-    return save_classifier_artifact(
-        tmp_path_factory.mktemp("classifier") / "model.pt", build_classifier("resnet18", 3), spec
-    )
+    return save_model_artifact(tmp_path_factory.mktemp("classifier") / "model.pt",
+                               get_task("classification").build_model("resnet18", 3), task="classification",
+                               arch="resnet18", labels=LABELS, config={"image_size": 32})
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +47,7 @@ def logged_models(mlflow_store, classifier_path):
     infos = []
     for _ in range(2):
         with mlflow.start_run(experiment_id=mlflow_store["experiment_id"]) as run:
-            infos.append((run.info.run_id, log_classifier_model(classifier_path, _image(0))))
+            infos.append((run.info.run_id, log_vision_model(classifier_path, _image(0))))
     return infos
 
 
@@ -72,8 +66,8 @@ def test_encode_decode_round_trip():
 
 
 def test_predict_validates_input_columns_and_rows(classifier_path):
-    model = ImageClassifierModel()
-    artifacts = {"classifier": str(classifier_path)}
+    model = VisionModel()
+    artifacts = {ARTIFACT_KEY: str(classifier_path)}
     context = mlflow.pyfunc.PythonModelContext(artifacts=artifacts, model_config=None)
     model.load_context(context)
     with pytest.raises(ValueError, match=r"received columns \['picture'\]"):
@@ -83,15 +77,15 @@ def test_predict_validates_input_columns_and_rows(classifier_path):
         model.predict(None, frame)
     raw = base64.b64decode(encode_image(_image(2)))
     out = model.predict(None, pd.DataFrame({"image": [raw]}))
-    assert list(out.columns) == ["category_id", "label", "score"] and len(out) == 1
-    empty = model.predict(None, pd.DataFrame({"image": pd.Series([], dtype=object)}))
-    assert list(empty.columns) == ["category_id", "label", "score"] and len(empty) == 0
+    assert len(out) == 1 and set(out[0]) == {"category_id", "label", "score", "probabilities"}
+    assert model.predict(None, pd.DataFrame({"image": pd.Series([], dtype=object)})) == []
+    assert model.task == "classification"
 
 
 def test_log_requires_an_active_run(classifier_path, mlflow_store):
     assert mlflow.active_run() is None
     with pytest.raises(RuntimeError, match="active MLflow run"):
-        log_classifier_model(classifier_path, _image(0))
+        log_vision_model(classifier_path, _image(0))
 
 
 def test_register_aliases_promote_and_serve_champion(mlflow_store, logged_models):
@@ -108,8 +102,13 @@ def test_register_aliases_promote_and_serve_champion(mlflow_store, logged_models
     assert version.run_id == run_b and version.source == logged_b.artifact_location
     assert json.loads(logged_b.tags["mlflow.modelVersions"]) == [{"name": name, "version": "2"}]
     code_dir = Path(logged_b.artifact_location) / "code"
-    shipped = sorted(str(path.relative_to(code_dir)) for path in code_dir.rglob("*.py"))
-    assert shipped == ["cv_pipeline/deployment/pyfunc.py", "cv_pipeline/models/classification.py"]
+    shipped = {str(path.relative_to(code_dir)) for path in code_dir.rglob("*.py")}
+    assert {"cv_pipeline/deployment/pyfunc.py", "cv_pipeline/models/tasks.py",
+            "cv_pipeline/models/builtin_tasks.py"} <= shipped
+    assert not any(path.endswith("__init__.py") for path in shipped)  # never shadows the live package
+    signature = mlflow.models.get_model_info(info_b.model_uri).signature
+    assert signature.inputs.input_names() == ["image"]
+    assert {"category_id", "label", "score", "probabilities"} <= set(signature.outputs.input_names())
     assert registry.client.get_model_version(name, first).tags["task"] == "classification"
     assert registry.version_for_alias(name, CHAMPION) is None  # model exists, alias does not
 
@@ -130,11 +129,10 @@ def test_register_aliases_promote_and_serve_champion(mlflow_store, logged_models
     model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
     frame = pd.DataFrame({"image": [encode_image(_image(3)), encode_image(_image(4), "JPEG")]})
     predictions = model.predict(frame)
-    assert list(predictions.columns) == ["category_id", "label", "score"]
     assert len(predictions) == 2
-    assert set(predictions["label"]) <= {"circle", "square", "triangle"}
-    assert set(predictions["category_id"]) <= {1, 2, 7}
-    assert predictions["score"].between(1 / 3, 1.0).all()  # top-1 of 3 classes
+    assert {p["label"] for p in predictions} <= {"circle", "square", "triangle"}
+    assert {p["category_id"] for p in predictions} <= {1, 2, 7}
+    assert all(1 / 3 <= p["score"] <= 1.0 for p in predictions)  # top-1 of 3 classes
 
     with pytest.raises(ValueError, match=r"row 1, column 'image'"):
         model.predict(pd.DataFrame({"image": [encode_image(_image(3)), "bm90IGFuIGltYWdl"]}))

@@ -1,6 +1,6 @@
-"""The detection and segmentation evaluation assets, for real: a model artifact's predictions on the
-pinned test split, metrics and plots in metadata, rows in the evaluation Delta tables, the HTML
-report and the MLflow artifacts; and an evaluation of the defective sample batch."""
+"""The evaluation assets, for real: a logged pyfunc model's predictions on the pinned test split,
+scored by the task's own evaluation, metrics and plots in metadata, rows in the evaluation Delta
+tables, the HTML report and the MLflow artifacts; and an evaluation of the defective sample batch."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 
 from cv_pipeline.data.delta_io import read_table, replace_batch
 from cv_pipeline.data.processor import COCOProcessor
-from cv_pipeline.defs.evaluation import PER_CLASS_TABLE, PER_IMAGE_TABLE, detection_evaluation, \
-    semantic_segmentation_evaluation
+from cv_pipeline.defs.evaluation import EVALUATION_ASSETS, PER_CLASS_TABLE, PER_IMAGE_TABLE
 from cv_pipeline.defs.resources import LakeResource, MLflowResource
+from cv_pipeline.deployment.pyfunc import log_vision_model
 from cv_pipeline.evaluation.predictions import predict_split
 from cv_pipeline.evaluation.task_evaluation import evaluate_predictions
 from cv_pipeline.models.tasks import get_task, save_model_artifact
@@ -26,9 +26,11 @@ from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
 
 def _artifact(path: Path, task: str, arch: str, labels: list[dict]) -> Path:
     torch.manual_seed(0)
-    model = get_task(task).build_model(arch, len(labels))
+    spec = get_task(task)
+    model = spec.build_model(arch, len(labels))
     labels = [{k: label[k] for k in ("index", "category_id", "name")} for label in labels]
-    return save_model_artifact(path, model, task=task, arch=arch, labels=labels)
+    return save_model_artifact(path, model, task=task, arch=arch, labels=labels,
+                               config={**spec.defaults, **spec.recipe("quick")})
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +39,26 @@ def mlflow_store(tmp_path_factory):
         yield store
 
 
-@pytest.mark.parametrize("task, arch, asset", [
-    ("detection", "fasterrcnn_resnet18_fpn", detection_evaluation),
-    ("semantic_segmentation", "fpn_resnet18", semantic_segmentation_evaluation),
+PRIMARY = {"classification": "accuracy", "detection": "map_50", "semantic_segmentation": "miou"}
+PLOT = {"classification": "plot_confusion_matrix", "detection": "plot_pr_curves",
+        "semantic_segmentation": "plot_iou_per_class"}
+
+
+@pytest.mark.parametrize("task, arch", [
+    ("classification", "resnet18"), ("detection", "fasterrcnn_resnet18_fpn"), ("semantic_segmentation", "fpn_resnet18"),
 ])
-def test_evaluation_asset_reports_metrics_tables_report_and_mlflow(task, arch, asset, ingested_lake, mlflow_store,
-                                                                   tmp_path):
+def test_evaluation_asset_reports_metrics_tables_report_and_mlflow(task, arch, ingested_lake, mlflow_store, tmp_path):
+    from cv_pipeline.evaluation.predictions import crop_samples
+
     manifest = ingested_lake.manifest
+    asset = EVALUATION_ASSETS[task]
     model_path = _artifact(tmp_path / "model.pt", task, arch, manifest.labels)
     with mlflow.start_run(experiment_id=mlflow_store["experiment_id"]) as run:
-        pass
+        model_uri = log_vision_model(model_path, crop_samples(manifest, "val", 1).images[0]).model_uri
     model_asset = f"{task}_model"
     instance = dg.DagsterInstance.ephemeral()
     instance.report_runless_asset_event(dg.AssetMaterialization(model_asset, metadata={
-        "task": task, "arch": arch, "model_path": str(model_path), "model_uri": f"runs:/{run.info.run_id}/model",
+        "task": task, "arch": arch, "model_path": str(model_path), "model_uri": model_uri,
         "mlflow_run_id": run.info.run_id, "dataset_version": manifest.version}))
     lake = tmp_path / "lake"
     lake.mkdir()
@@ -66,16 +74,17 @@ def test_evaluation_asset_reports_metrics_tables_report_and_mlflow(task, arch, a
     metadata = {k: v.value for k, v in result.asset_materializations_for_node(asset.key.to_user_string())[0]
                 .metadata.items()}
     primary = metadata["primary_metric"]
-    assert primary == {"detection": "map_50", "semantic_segmentation": "miou"}[task]
+    assert primary == PRIMARY[task] and metadata["task"] == task
     assert 0.0 <= metadata[primary] <= 1.0 and metadata["num_images"] == 8.0
-    assert metadata[{"detection": "plot_pr_curves", "semantic_segmentation": "plot_iou_per_class"}[task]] \
-        .startswith("![")
+    assert metadata[PLOT[task]].startswith("![")
     if task == "detection":
         assert set(metadata["error_counts"]) >= {"tp", "background", "localization", "missed"}
         assert set(metadata["recall_by_size"]) == {"small", "medium", "large"}
 
     per_image = read_table(lake / PER_IMAGE_TABLE).to_pandas()
-    assert len(per_image) == 8 and set(per_image.task) == {task}
+    objects = metadata.get("num_objects", 8.0)  # a classifier's rows are the objects of the 8 images
+    assert len(per_image) == objects and set(per_image.task) == {task}
+    assert len(set(zip(per_image.batch_id, per_image.image_id))) == 8
     assert (per_image.run_id == run.info.run_id).all() and per_image.dataset_version.eq(str(manifest.version)).all()
     per_class = read_table(lake / PER_CLASS_TABLE).to_pandas()
     expected_classes = len(manifest.labels) + (task == "semantic_segmentation")  # + background
@@ -85,7 +94,7 @@ def test_evaluation_asset_reports_metrics_tables_report_and_mlflow(task, arch, a
     assert "<img" in html and "http://" not in html and "https://" not in html
     artifacts = {a.path for a in mlflow.MlflowClient(mlflow_store["uri"]).list_artifacts(run.info.run_id,
                                                                                          "evaluation/test")}
-    assert "evaluation/test/report.html" in artifacts and len(artifacts) >= 3
+    assert "evaluation/test/report.html" in artifacts and len(artifacts) >= 2  # the report and its plots
     logged = mlflow.MlflowClient(mlflow_store["uri"]).get_run(run.info.run_id).data.metrics
     assert logged[f"test_{primary}"] == pytest.approx(metadata[primary])
 

@@ -1,4 +1,4 @@
-"""predict_split: a model artifact's predictions on the pinned test split, with COCO ground truth."""
+"""predict_split: a model's pyfunc predictions on the pinned test split, with the task's ground truth."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def _artifact(tmp_path, task: str, arch: str, manifest, **options):
     spec = get_task(task)
     model = spec.build_model(arch, len(manifest.labels), **options)
     labels = [{k: label[k] for k in ("index", "category_id", "name")} for label in manifest.labels]
-    return save_model_artifact(tmp_path / f"{task}.pt", model, task=task, arch=arch, labels=labels, options=options)
+    return save_model_artifact(tmp_path / f"{task}.pt", model, task=task, arch=arch, labels=labels, options=options,
+                               config=spec.defaults)
 
 
 def test_ground_truth_document_loads_in_pycocotools_with_crowd_regions(ingested_lake):
@@ -67,12 +68,15 @@ def test_semantic_predictions_are_full_resolution_label_masks(ingested_lake, tmp
                                        sorted(ingested_lake.manifest.labels, key=lambda label: label["index"])]
 
 
-def test_a_classifier_artifact_is_refused_with_its_task(ingested_lake, tmp_path):
-    path = _artifact(tmp_path, "detection", "fasterrcnn_resnet18_fpn", ingested_lake.manifest)
-    payload = torch.load(path, weights_only=False)
-    payload["task"] = "classification"
-    payload["arch"] = "resnet18"
-    payload["state_dict"] = get_task("classification").build_model("resnet18", len(ingested_lake.manifest.labels)).state_dict()
-    torch.save(payload, path)
-    with pytest.raises(ValueError, match="'classification' model"):
-        predict_split(path, ingested_lake.manifest, "test")
+def test_a_classifier_is_asked_every_object_crop_of_the_split(ingested_lake, tmp_path):
+    from cv_pipeline.training.dataset import load_split
+
+    manifest = ingested_lake.manifest
+    path = _artifact(tmp_path, "classification", "resnet18", manifest)
+    predictions = predict_split(path, manifest, "test", max_images=5)
+    rows = [r for r in load_split(manifest.table_path, manifest.version, "test")
+            if (r["batch_id"], r["image_id"]) in set(predictions.image_keys)]
+    assert len({*predictions.image_keys}) == 5 and len(predictions.outputs) == len(rows) == len(predictions.ground_truth)
+    assert predictions.extra["annotation_ids"] == [int(r["annotation_id"]) for r in rows]
+    assert {o["category_id"] for o in predictions.outputs} <= {label["category_id"] for label in manifest.labels}
+    assert predictions.ground_truth == [int(r["label"]) for r in rows]

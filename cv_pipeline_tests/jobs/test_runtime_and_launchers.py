@@ -1,4 +1,5 @@
-"""Where job scripts run: `cv_pipeline.jobs.runtime` (Ray, Pipes) and `cv_pipeline.defs.launchers`.
+"""Where job scripts run: `cv_pipeline.training.ray_cluster` (Ray), `cv_pipeline.jobs.runtime` (Pipes) and
+`cv_pipeline.defs.launchers`.
 
 Locally everything is real: Ray on this machine, `PipesSubprocessClient` running `cv_pipeline.jobs.echo`.
 No Databricks workspace is reachable, so the Databricks side is tested at its boundaries:
@@ -45,8 +46,9 @@ from databricks.sdk.service import compute, jobs
 from databricks.sdk.service._internal import Wait
 
 from cv_pipeline.defs.launchers import DatabricksJobLauncher, JobLauncher, LocalJobLauncher
-from cv_pipeline.jobs import runtime
-from cv_pipeline.jobs.runtime import RAY_ENV_DEFAULTS, databricks_pipes_io, on_databricks, ray_cluster, start_ray
+from cv_pipeline.jobs.runtime import databricks_pipes_io
+from cv_pipeline.training import ray_cluster as runtime
+from cv_pipeline.training.ray_cluster import RAY_ENV_DEFAULTS, on_databricks, ray_cluster, start_ray
 
 RAY_INIT, RAY_SHUTDOWN = ray.init, ray.shutdown  # the real ones, to autospec while they are patched
 RAY_SETTINGS = (runtime.RAY_WORKER_NODES_ENV, runtime.RAY_CPUS_PER_NODE_ENV, runtime.RAY_LOG_DIR_ENV,

@@ -8,9 +8,12 @@ import dagster as dg
 import mlflow
 import torch
 
-from cv_pipeline.defs.training import detection_model, semantic_segmentation_model, upstream_weights
-from cv_pipeline.jobs.train import resolve_pretrained
+from cv_pipeline.defs.training import MODEL_ASSETS, upstream_weights
+from cv_pipeline.deployment.training_runs import resolve_pretrained
 from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
+
+
+detection_model, semantic_segmentation_model = MODEL_ASSETS["detection"], MODEL_ASSETS["semantic_segmentation"]
 
 
 def test_the_semantic_model_asset_depends_on_the_detector():

@@ -6,65 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from cv_pipeline.models.tasks import (
-    TaskSpec,
-    available_tasks,
-    get_task,
-    load_model_artifact,
-    load_pretrained,
-    register_task,
-)
+from cv_pipeline.models.tasks import available_tasks, get_task, load_model_artifact, load_pretrained, register_task
 from cv_pipeline.training.ray_trainer import RayTrainer
-
-# ------------------------------------------------------------------ a custom task, as a user writes it
-
-
-class CountNet(nn.Module):
-    def __init__(self, num_outputs: int, width: int = 8):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(width, num_outputs)
-
-    def forward(self, images):
-        return self.head(self.features(images)).squeeze(1)
-
-
-def count_target(record, height, width):
-    return {"count": torch.tensor(float((record.iscrowd == 0).sum()))}
-
-
-def count_transforms(train, config):
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.ToImage(), v2.Resize((32, 32), antialias=True), v2.ToDtype(torch.float32, scale=True)])
-
-
-def count_loss(model, batch, config):
-    images, target = batch
-    return {"loss": nn.functional.mse_loss(model(images), target["count"])}
-
-
-def count_metrics(num_outputs):
-    from torchmetrics import MeanAbsoluteError, MetricCollection
-
-    return MetricCollection({"mae": MeanAbsoluteError()})
-
-
-def count_update(metric, model, batch):
-    images, target = batch
-    metric.update(model(images), target["count"])
-
-
-OBJECT_COUNT = TaskSpec(
-    name="object_count_test", description="regress the number of objects in an image",
-    models={"countnet": CountNet}, default_model="countnet",
-    loss=count_loss, metrics=count_metrics, update_metrics=count_update, monitor="mae", mode="min",
-    target_builder=count_target, transforms=count_transforms, model_classes=lambda num_classes: 1,
-    loss_in_eval=True, defaults={"epochs": 2, "batch_size": 16, "lr": 1e-2},
-)
+from cv_pipeline_tests.toy_tasks import OBJECT_COUNT  # a user's task, in its own module: registered when imported
 
 
 @pytest.fixture(scope="module")

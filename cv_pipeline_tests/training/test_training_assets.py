@@ -10,7 +10,7 @@ import pytest
 
 from cv_pipeline.defs.launchers import LocalJobLauncher
 from cv_pipeline.defs.resources import LakeResource, MLflowResource
-from cv_pipeline.defs.training import detection_model, training_dataset
+from cv_pipeline.defs.training import MODEL_ASSETS, training_dataset
 
 
 @pytest.fixture()
@@ -52,5 +52,7 @@ def test_detection_model_asset_trains_through_pipes_and_records_lineage(resource
     assert any(key.startswith("system/cpu_utilization") for key in metrics), sorted(metrics)
     assert any(key.startswith("system/system_memory_usage") for key in metrics), sorted(metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"checkpoint", "model", "dataset"} <= artifacts
+    assert {"checkpoint", "dataset"} <= artifacts
+    served = mlflow.pyfunc.load_model(meta["model_uri"]).unwrap_python_model()  # the task's pyfunc, as served
+    assert served.task == "detection" and served.info["extra"]["dataset_hash"] == tags["dataset_hash"]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/checkpoint.ckpt"]
