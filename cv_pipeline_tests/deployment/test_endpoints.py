@@ -19,12 +19,14 @@ from PIL import Image
 
 from cv_pipeline.data.delta_io import read_table
 from cv_pipeline.deployment.endpoints import (
+    Batcher,
     EndpointConfig,
     EndpointServer,
     Limits,
     RequestError,
     Route,
     ServedEntity,
+    ServedModel,
     ServeOptions,
     build_endpoint_config,
     decode_cell,
@@ -121,7 +123,7 @@ def served(tmp_path_factory):
         update_endpoint(state_dir, build_endpoint_config(registry, "toy"))
         update_endpoint(state_dir, build_endpoint_config(registry, "plain"))
         server = EndpointServer(state_dir)
-        options = ServeOptions(log_table=str(root / "inference_log"), flush_interval_s=0.3, limits=LIMITS)
+        options = ServeOptions(log_table=str(root / "inference_log"), flush_interval_s=0.3, limits=LIMITS, batch_rows=4)
         info = server.ensure(store["uri"], options=options, timeout_s=240)
         context = {"registry": registry, "versions": versions, "state_dir": state_dir, "url": info.url,
                    "server": server, "log_table": options.log_table, "sent": 0,
@@ -192,6 +194,39 @@ def test_endpoint_config_validates_routes_and_round_trips(tmp_path):
     assert update_endpoint(tmp_path, config).config_version == 2
     assert read_endpoint_configs(tmp_path)[TOY] == config.with_version(2)
     assert config.to_json()["config"]["served_entities"][0]["model_uri"] == f"models:/{TOY}/3"
+
+
+def test_batcher_batches_waiting_requests_and_keeps_errors_to_their_request():
+    calls = []
+
+    def predict_images(images):
+        calls.append(len(images))
+        time.sleep(0.05)
+        if any(image.width == 17 for image in images):
+            raise ValueError("width 17 is not supported")
+        return [{"width": image.width} for image in images]
+
+    model = ServedModel(ServedEntity.for_version(TOY, "1"), None, predict_images)
+    model.batcher = Batcher(model, max_rows=8)
+    widths = [20, 21, 17, 22, 23, 24]
+    results = {}
+
+    def submit(width):
+        try:
+            results[width] = model.predict([Image.new("RGB", (width, 4))], [""])
+        except ValueError as error:
+            results[width] = str(error)
+
+    threads = [threading.Thread(target=submit, args=(width,)) for width in widths]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results[17] == "width 17 is not supported"
+    assert all(results[width] == [{"width": width}] for width in widths if width != 17)
+    assert max(calls) > 1  # requests that waited went in one call
+    model.batcher.close()
+    assert model.predict([Image.new("RGB", (5, 5))], [""]) == [{"width": 5}]  # closed: runs in the caller
 
 
 # --- the server -----------------------------------------------------------------------------------
