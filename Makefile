@@ -35,5 +35,5 @@ lock:
 	$(VENV)/bin/uv pip compile pyproject.toml --extra test --python-version 3.11 --no-header -o .ci/requirements.lock
 
 clean:
-	-$(VENV)/bin/python -c "from cv_pipeline.deployment.serving import LocalModelServer; from cv_pipeline import settings; LocalModelServer(settings.serving_dir()).stop()"
+	-$(VENV)/bin/python -c "from cv_pipeline.deployment.endpoints import EndpointServer; from cv_pipeline import settings; EndpointServer(settings.serving_dir()).stop()"
 	rm -rf $(CV_PIPELINE_HOME)

@@ -1,16 +1,16 @@
-"""Serving throughput and latency: the endpoint server against the same model's in-process predict_images.
+"""Serving throughput and latency: the endpoint server against the same model's in-process predict.
 
-Baseline: `python_model.predict_images([image])` in a loop in this process, one image per call,
-on the same decoded images, after warm-up, on the main thread and on a worker thread, before and
-after the server's runs: the best requests/s and the best median latency of the four. Ours: the endpoint
-server (`cv_pipeline.deployment.endpoints`, a separate process on loopback, inference log on)
-receiving one base64 JPEG per request (`dataframe_split`), driven by an open-loop load generator:
-asyncio + httpx with at most `--clients` (32) connections, request i is due at `start + i / rate`,
-and its latency runs from that due time, not from when a free connection sent it, so a server
-falling behind shows its queueing in the tail instead of slowing the generator down (closed-loop
-generators hide it: coordinated omission). Each model is driven at three rates, fractions of its
-in-process throughput up to past it (`--fractions 0.5,1.0,2.0`), each for `--seconds` or
-`--max-requests`, whichever ends first.
+Baseline: the pyfunc's `predict` (`VisionModel.predict`, what a notebook calls) in a loop in this
+process, one base64 JPEG per call, the same JPEGs the server receives, after warm-up, on the main
+thread and on a worker thread, before and after the server's runs: the best requests/s and the
+best median latency of the four. Ours: the endpoint server (`cv_pipeline.deployment.endpoints`, a
+separate process on loopback, inference log on) receiving one base64 JPEG per request
+(`dataframe_split`), driven by an open-loop load generator: asyncio + httpx with at most
+`--clients` (32) connections, request i is due at `start + i / rate`, and its latency runs from that
+due time, not from when a free connection sent it, so a server falling behind shows its queueing in
+the tail instead of slowing the generator down (closed-loop generators hide it: coordinated
+omission). Each model is driven at three rates, fractions of its in-process throughput up to past
+it (`--fractions 0.5,1.0,2.0`), each for `--seconds` or `--max-requests`, whichever ends first.
 
 Per model and rate it prints achieved requests/s (answered 200 / time from the first due time to
 the last answer), p50/p95/p99 latency and errors; then per model
@@ -25,15 +25,14 @@ served as `cv_pipeline_classification` / `cv_pipeline_detection` from a throwawa
 Where that API is not there (`--stand-in`, or it fails to import), a stand-in pyfunc model with
 `predict_images` of about the same cost is used instead, and the output says so.
 
-Dynamic batching (`--batch-rows 8`: requests that wait while the model is busy go into one
-`predict_images` call) is off by default in the server: it does not clearly pass the bar of 1.5x
-throughput at equal p95. `--compare-batching` runs each model both ways; measured with --quick on
-2 shared cores: classifier saturating at 107.6 against 56.9 req/s (1.89x, ~0.5-1 core of other
-load) and 117.9 against 67.7 (1.74x, quiet machine), but at the middle rate, where both keep up,
-its p95 was 135 against 43 ms on the quiet machine (one call at a time of up to 8 images, against
-two single-image calls running at once); a third, short run (40 requests a rate, quiet): 147.5
-against 70.0 (2.11x), p95 87 against 277 ms at the middle rate; detector 1.18x at saturation. It
-wins at or near saturation; whether it holds p95 at moderate load is not settled by these runs.
+Dynamic batching (`--batch-rows`, default 8, `0` turns it off: requests that wait while the model
+is busy go into one `predict_images` call; it never waits for a batch to fill) is on in the server
+because it passes the bar of 1.5x throughput at equal p95: `--compare-batching` runs each model
+both ways. Measured with --quick on a quiet machine (2 cores): the classifier kept up with 119
+req/s at p95 165 ms with batching and with 51 req/s at p95 3972 ms without (2.45x at saturation:
+147 against 60 req/s); the detector 1.26x at saturation, p95 255 against 1350 ms at its in-process
+rate. At half the in-process rate, where both keep up, p95 was 62 against 49 ms (classifier) and 48
+against 52 ms (detector).
 
     python benchmarks/serving.py [--quick] [--clients 32] [--seconds 10] [--max-requests 2000]
         [--fractions 0.5,1.0,2.0] [--tasks classification,detection] [--stand-in] [--batch-rows 8]
@@ -84,7 +83,7 @@ class StandInModel:
         return out
 
     def predict(self, context, model_input, params=None):
-        from cv_pipeline.deployment.pyfunc import decode_image
+        from cv_pipeline.models.pyfunc import decode_image
 
         return self.predict_images([decode_image(value) for value in model_input["image"]])
 
@@ -100,7 +99,7 @@ def log_models(tasks: list[str], root: Path, experiment_id: str, stand_in: bool)
         with mlflow.start_run(experiment_id=experiment_id):
             if not stand_in:
                 try:
-                    from cv_pipeline.deployment.pyfunc import log_vision_model
+                    from cv_pipeline.models.pyfunc import log_vision_model
                     from cv_pipeline.models.tasks import get_task, save_model_artifact
 
                     spec = get_task(task)
@@ -151,7 +150,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def in_process(python_model, images, seconds: float, batch: int = 1) -> tuple[float, float]:
-    """(images/s, median ms per call) of predict_images on `batch` images per call: the better of a
+    """(images/s, median ms per call) of the pyfunc's `predict` on `batch` base64 images per call
+    (the JPEGs the server receives, decoded by the model as a served request is): the better of a
     run on the main thread and one on a worker thread (where the server calls it). On a loaded
     2-core machine torch's 2 intra-op threads driven from the main thread ran 40x slower than from
     a worker (measured 520 ms against 12 ms for one classification image), so either alone could
@@ -166,13 +166,18 @@ def in_process(python_model, images, seconds: float, batch: int = 1) -> tuple[fl
 
 
 def _in_process_loop(python_model, images, seconds: float, batch: int) -> tuple[float, float]:
+    import pandas as pd
+
+    def frame(cells):
+        return pd.DataFrame({"image": cells})
+
     for image in images[:3]:
-        python_model.predict_images([image] * batch)
+        python_model.predict(None, frame([image] * batch))
     latencies, done, start = [], 0, time.perf_counter()
     while time.perf_counter() - start < seconds or done < 5:
-        chunk = [images[(done + k) % len(images)] for k in range(batch)]
+        chunk = frame([images[(done + k) % len(images)] for k in range(batch)])
         began = time.perf_counter()
-        python_model.predict_images(chunk)
+        python_model.predict(None, chunk)
         latencies.append((time.perf_counter() - began) * 1000)
         done += batch
     return done / (time.perf_counter() - start), statistics.median(latencies)
@@ -238,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     import mlflow
-    from PIL import Image
 
     from cv_pipeline.deployment.endpoints import (EndpointServer, ServeOptions, build_endpoint_config,
                                                   invocations_url, update_endpoint)
@@ -247,11 +251,8 @@ def main(argv: list[str] | None = None) -> int:
 
     jpegs = [synthetic_image(index)[1] for index in range(args.images)]
     jpegs = [data for data in jpegs if data[:2] == b"\xff\xd8"]  # the JPEGs (the set has a few PNGs)
-    images = [Image.open(io.BytesIO(data)) for data in jpegs]
-    for image in images:
-        image.load()
-    bodies = [json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(data).decode()]]}}).encode()
-              for data in jpegs]
+    cells = [base64.b64encode(data).decode() for data in jpegs]  # what a request carries, and the baseline predicts
+    bodies = [json.dumps({"dataframe_split": {"columns": ["image"], "data": [[cell]]}}).encode() for cell in cells]
     print(f"{len(jpegs)} JPEGs, {statistics.mean(map(len, jpegs)) / 1024:.0f} KB mean; {args.clients} clients; "
           f"{args.seconds:g} s or {args.max_requests} requests per rate", flush=True)
 
@@ -271,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                 for task, (uri, what) in logged.items():
                     python_model = mlflow.pyfunc.load_model(f"models:/cv_pipeline_{task}/1").unwrap_python_model()
                     with OtherLoad() as load:
-                        baseline, baseline_p50 = in_process(python_model, images, min(args.seconds, 5.0))
-                        batched, _ = in_process(python_model, images, min(args.seconds, 5.0), batch=8)
+                        baseline, baseline_p50 = in_process(python_model, cells, min(args.seconds, 5.0))
+                        batched, _ = in_process(python_model, cells, min(args.seconds, 5.0), batch=8)
                     print(f"\n{task}: {what}\n  in process: {baseline:.1f} req/s (1 image/call), p50 {baseline_p50:.1f} ms; "
                           f"batch of 8 in process: {batched:.1f} images/s ({batched / baseline:.2f}x); {load}", flush=True)
                     runs_by_mode = {}
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"p95 {run['p95']:7.1f} ms, p99 {run['p99']:7.1f} ms, errors {run['errors']}/{run['sent']}"
                                   + (f" ({run['first_error']})" if run["errors"] else "") + f"; {load}", flush=True)
                     with OtherLoad() as load:
-                        after, after_p50 = in_process(python_model, images, min(args.seconds, 5.0))
+                        after, after_p50 = in_process(python_model, cells, min(args.seconds, 5.0))
                     print(f"  in process again: {after:.1f} req/s, p50 {after_p50:.1f} ms; {load} "
                           "(the baseline is the better of the two)")
                     baseline, baseline_p50 = max(baseline, after), min(baseline_p50, after_p50)

@@ -224,6 +224,23 @@ def run_training(defs, instance, console, run_config: dict) -> bool:
     return result.success
 
 
+def score_batches(defs, instance, console, batches: list[str]) -> bool:
+    """batch_predictions for each batch (the score_batch job, one partition each), with the champions."""
+    job = defs.resolve_job_def("score_batch").with_logger_defs(console.logger_defs())
+    ok = True
+    for batch in batches:
+        result = job.execute_in_process(instance=instance, partition_key=batch, raise_on_error=False,
+                                        run_config=console.run_config())
+        meta = materialized_metadata(result).get("batch_predictions", {})
+        if result.success:
+            console.print(f"batch_predictions  {batch}: {meta.get('dagster/row_count')} rows by {meta.get('models')}")
+        else:
+            failures = step_failures(result)
+            console.print(f"batch_predictions  {batch} FAILED: {(failures[0] if failures else 'see the log')[:1000]}")
+            ok = False
+    return ok
+
+
 def print_tables(console) -> None:
     from cv_pipeline import settings
     from cv_pipeline.data.delta_io import is_delta_table
@@ -286,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--max-samples", default=None, metavar="N|TASK=N,...",
                      help="train and evaluate on the first N samples of each split (smoke runs), for every task "
                           "or the tasks named")
+    run.add_argument("--score-batches", action="store_true",
+                     help="then score every validated batch with each task's champion into the predictions table "
+                          "(batch_predictions; under `make dev` the retraining flow does it for each new batch)")
     ingest = sub.add_parser("ingest", help="ingest every landed batch and run its quality checks only")
     for command in (run, ingest):
         command.add_argument("-v", "--verbose", action="store_true",
@@ -361,6 +381,9 @@ def _run(args, console, settings) -> int:
     with shared_local_ray():
         trained = run_training(defs, instance, console, training_run_config(
             args.profile, args.epochs, args.max_samples))
+    if trained and args.score_batches:
+        console.print("")
+        trained = score_batches(defs, instance, console, eligible)
     print_tables(console)
     return 0 if trained else 1
 

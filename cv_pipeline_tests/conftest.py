@@ -121,11 +121,9 @@ def pytest_sessionfinish(session, exitstatus):
     try:  # best-effort: a server or Ray session a failed test left behind
         with contextlib.suppress(Exception):
             from cv_pipeline.deployment.endpoints import EndpointServer
-            from cv_pipeline.deployment.serving import LocalModelServer
 
             for home in (_HOME, _HOME / "end_to_end"):
                 if (home / "serving").is_dir():
-                    LocalModelServer(home / "serving").stop()
                     EndpointServer(home / "serving").stop()
         with contextlib.suppress(Exception):
             import ray

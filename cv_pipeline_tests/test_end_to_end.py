@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from cv_pipeline.data.delta_io import read_table
-from cv_pipeline.deployment.pyfunc import encode_image
+from cv_pipeline.models.pyfunc import encode_image
 from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
 from cv_pipeline.training.crops import crop_row
 from cv_pipeline.training.dataset import load_split

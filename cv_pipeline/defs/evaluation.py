@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from cv_pipeline.defs.metadata import latest_metadata, markdown_table
+from cv_pipeline.defs.metadata import latest_metadata, markdown_table, task_asset
 from cv_pipeline.defs.resources import LakeResource, MLflowResource
 from cv_pipeline.defs.training import MODEL_ASSETS
 
@@ -93,11 +93,11 @@ def evaluation_asset(task: str):
     model_name = f"{task}_model"
     spec = get_task(task)
 
-    @dg.asset(name=f"{task}_evaluation", deps=[dg.AssetKey(model_name)], group_name="evaluation",
-              kinds={"pytorch", "mlflow", "delta"}, tags={"task": task},
-              description=f"The {task} model's pyfunc (what is served) on the pinned test split, scored by the "
-                          f"task's evaluation (primary metric {spec.test_metric}): metrics, per-class rows, plots, "
-                          "error analysis where the task has one, an HTML report.")
+    @task_asset(task, "evaluation", "model",
+                f"The {task} model's pyfunc (what is served) on the pinned test split, scored by the task's "
+                f"evaluation (primary metric {spec.test_metric}): metrics, per-class rows, plots, error analysis "
+                "where the task has one, an HTML report.", group="evaluation",
+                kinds=frozenset({"pytorch", "mlflow", "delta"}))
     def _evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, lake: LakeResource,
                     mlflow: MLflowResource) -> dg.MaterializeResult:
         from cv_pipeline.evaluation.predictions import predict_split

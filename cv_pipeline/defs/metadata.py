@@ -25,3 +25,11 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def task_asset(task: str, stage: str, upstream: str, description: str, group: str = "deployment",
+               kinds: frozenset = frozenset({"mlflow"})):
+    """The decorator of a stage of a task's road: asset `<task>_<stage>` after `<task>_<upstream>`,
+    tagged with its task."""
+    return dg.asset(name=f"{task}_{stage}", deps=[dg.AssetKey(f"{task}_{upstream}")], group_name=group,
+                    kinds=set(kinds), tags={"task": task}, description=description)

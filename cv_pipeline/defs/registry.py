@@ -9,18 +9,17 @@ import json
 import dagster as dg
 
 from cv_pipeline.defs.evaluation import EVALUATION_ASSETS
-from cv_pipeline.defs.metadata import latest_metadata
+from cv_pipeline.defs.metadata import latest_metadata, task_asset
 from cv_pipeline.defs.resources import LakeResource, MLflowResource, PromotionPolicy
 
 LINEAGE_TAG_PREFIXES = ("dataset_", "delta_version.", "code_revision", "dagster_run_id")
 
 
 def registered_asset(task: str):
-    @dg.asset(name=f"{task}_registered_model", deps=[dg.AssetKey(f"{task}_evaluation")], group_name="deployment",
-              kinds={"mlflow"}, tags={"task": task},
-              description=f"The evaluated {task} model registered as a new version of cv_pipeline_{task} with the "
-                          "alias challenger, tagged with its MLflow run, the training_dataset version, the Delta "
-                          "versions and batches it was trained on, the code revision and its test metrics.")
+    @task_asset(task, "registered_model", "evaluation",
+                f"The evaluated {task} model registered as a new version of cv_pipeline_{task} with the alias "
+                "challenger, tagged with its MLflow run, the training_dataset version, the Delta versions and "
+                "batches it was trained on, the code revision and its test metrics.")
     def _registered(context: dg.AssetExecutionContext, mlflow: MLflowResource) -> dg.MaterializeResult:
         from cv_pipeline.deployment.registry import CHALLENGER
 
@@ -39,7 +38,7 @@ def registered_asset(task: str):
             "batches": json.dumps(dataset.get("batches") or []),
             "primary_metric": primary,
             **{f"test_{k}": f"{float(v):.4f}" for k, v in evaluation.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("dataset_version",)},
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.endswith("_version")},
             "registered_by_dagster_run": context.run_id,
         }
         version = registry.register(evaluation["model_uri"], name, tags=tags)
@@ -59,11 +58,10 @@ def registered_asset(task: str):
 
 
 def comparison_asset(task: str):
-    @dg.asset(name=f"{task}_comparison", deps=[dg.AssetKey(f"{task}_registered_model")], group_name="deployment",
-              kinds={"mlflow"}, tags={"task": task},
-              description=f"The {task} challenger against the current champion on the same pinned test set: the "
-                          "task's primary metric of both, a paired bootstrap interval of the difference over images, "
-                          "and the decision (promote or keep) by the task's promotion rule.")
+    @task_asset(task, "comparison", "registered_model",
+                f"The {task} challenger against the current champion on the same pinned test set: the task's "
+                "primary metric of both, a paired bootstrap interval of the difference over images, and the "
+                "decision (promote or keep) by the task's promotion rule.")
     def _comparison(context: dg.AssetExecutionContext, mlflow: MLflowResource, lake: LakeResource,
                     promotion: PromotionPolicy) -> dg.MaterializeResult:
         from cv_pipeline.deployment.promotion import compare_versions
@@ -103,11 +101,10 @@ def promotion_check(task: str):
 
 
 def champion_asset(task: str):
-    @dg.asset(name=f"{task}_champion", deps=[dg.AssetKey(f"{task}_comparison")], group_name="deployment",
-              kinds={"mlflow"}, tags={"task": task},
-              description=f"The champion alias of cv_pipeline_{task}: moved to the challenger when the comparison "
-                          "decided to promote (and promotion_rule_holds passed), else left where it was; the "
-                          "decision and the version it replaced are in the metadata.")
+    @task_asset(task, "champion", "comparison",
+                f"The champion alias of cv_pipeline_{task}: moved to the challenger when the comparison decided to "
+                "promote (and promotion_rule_holds passed), else left where it was; the decision and the version "
+                "it replaced are in the metadata.")
     def _champion(context: dg.AssetExecutionContext, mlflow: MLflowResource) -> dg.MaterializeResult:
         from cv_pipeline.deployment.registry import CHAMPION
 

@@ -5,7 +5,7 @@ split is configured) and follows the aliases without a restart."""
 
 import dagster as dg
 
-from cv_pipeline.defs.metadata import latest_metadata
+from cv_pipeline.defs.metadata import latest_metadata, task_asset
 from cv_pipeline.defs.registry import CHAMPION_ASSETS
 from cv_pipeline.defs.resources import LakeResource, MLflowResource, ServingResource
 
@@ -29,12 +29,11 @@ def summarize_prediction(prediction) -> str:
 
 
 def endpoint_asset(task: str):
-    @dg.asset(name=f"{task}_endpoint", deps=[dg.AssetKey(f"{task}_champion")], group_name="deployment",
-              kinds={"mlflow"}, tags={"task": task},
-              description=f"The {task} serving endpoint (POST /serving-endpoints/<name>/invocations, Databricks "
-                          "Model Serving's request and response): the champion, and the challenger too where a "
-                          "traffic split is configured; swapped without dropping a request, then asked one test "
-                          "image, whose answer is in the metadata.")
+    @task_asset(task, "endpoint", "champion",
+                f"The {task} serving endpoint (POST /serving-endpoints/<name>/invocations, Databricks Model "
+                "Serving's request and response): the champion, and the challenger too where a traffic split is "
+                "configured; swapped without dropping a request, then asked one test image, whose answer is in "
+                "the metadata.")
     def _endpoint(context: dg.AssetExecutionContext, mlflow: MLflowResource, lake: LakeResource,
                   serving: ServingResource) -> dg.MaterializeResult:
         from cv_pipeline.deployment.endpoints import invoke

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from cv_pipeline.data.delta_io import append_rows, is_delta_table, read_table, table_version, validate_batch_id
 
 PREDICTIONS = "predictions"
-MODEL_PREFIX = "cv_pipeline_"
+
 PREDICTIONS_SCHEMA = pa.schema([
     ("image_uid", pa.string()), ("batch_id", pa.string()), ("image_id", pa.int64()), ("sha256", pa.string()),
     ("task", pa.string()), ("model_name", pa.string()), ("model_version", pa.string()),
@@ -57,17 +57,17 @@ def image_uid(batch_id: str, image_id: int) -> str:
 def champion_models(tracking_uri: str, alias: str = "champion", tasks: Iterable[str] | None = None) -> list[ScoringModel]:
     """The `alias` version of every registered `cv_pipeline_<task>` model (or only `tasks`), task
     read from the version's `task` tag. Models without that alias are skipped."""
-    from cv_pipeline.deployment.registry import ModelRegistry
+    from cv_pipeline.deployment.registry import MODEL_NAME_PREFIX, ModelRegistry
 
     registry = ModelRegistry(tracking_uri)
     wanted = set(tasks) if tasks is not None else None
     found = []
-    for registered in registry.client.search_registered_models(filter_string=f"name LIKE '{MODEL_PREFIX}%'"):
+    for registered in registry.client.search_registered_models(filter_string=f"name LIKE '{MODEL_NAME_PREFIX}%'"):
         version = (registered.aliases or {}).get(alias)
         if version is None:
             continue
         model_version = registry.client.get_model_version(registered.name, str(version))
-        task = model_version.tags.get("task") or registered.name[len(MODEL_PREFIX):]
+        task = model_version.tags.get("task") or registered.name[len(MODEL_NAME_PREFIX):]
         if wanted is None or task in wanted:
             found.append(ScoringModel(task, registered.name, str(version), registry.model_uri(registered.name, str(version))))
     return sorted(found)
@@ -110,10 +110,16 @@ def load_scoring_model(model: ScoringModel, tracking_uri: str | None, download_d
     MLflow's process-wide URIs are neither read nor changed."""
     import mlflow
 
+    from mlflow.utils.uri import is_models_uri
+
     uri = model.model_uri or f"models:/{model.model_name}/{model.model_version}"
-    local = uri if Path(uri).exists() else mlflow.artifacts.download_artifacts(
-        artifact_uri=uri, dst_path=str(Path(download_dir) / f"{model.model_name}-{model.model_version}"),
-        tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+    source = uri
+    if is_models_uri(uri) and tracking_uri:  # resolved here: models:/ downloads go through the global registry
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+        source = client.get_model_version_download_uri(model.model_name, str(model.model_version))
+    local = source if Path(source).exists() else mlflow.artifacts.download_artifacts(
+        artifact_uri=source, dst_path=str(Path(download_dir) / f"{model.model_name}-{model.model_version}"),
+        tracking_uri=tracking_uri)
     python_model = mlflow.pyfunc.load_model(local).unwrap_python_model()
     name = f"{model.model_name} version {model.model_version} ({uri})"
     if not callable(getattr(python_model, "predict_images", None)):

@@ -53,12 +53,12 @@ for the whole request (or a 500), and it cannot swap the model without a restart
 requests. Here the models are still plain MLflow pyfunc models loaded with
 `mlflow.pyfunc.load_model`, decoded images go to the model's `predict_images` (each image is
 decoded once, by the validation), and models without it get `predict(DataFrame)`. With
-`--batch-rows N` (off by default, see `ServeOptions.batch_rows`) requests for the same model that
+`--batch-rows N` (8 by default, 0 turns it off; see `ServeOptions.batch_rows`) requests for the same model that
 wait while it is busy go into one `predict_images` call (`Batcher`; it never waits for a batch to
 fill, and a batch that raises is rerun request by request so each error reaches its own request).
 
 Process management (`EndpointServer`: its own session, state file, file lock, stop of the
-process group) is `cv_pipeline.deployment.serving.ManagedServer`, shared with `LocalModelServer`.
+process group) is `cv_pipeline.deployment.serving.ManagedServer`.
 
     python -m cv_pipeline.deployment.endpoints serve --state-dir DIR [--port N] [--log-table PATH]
     python -m cv_pipeline.deployment.endpoints update --task classification [--challenger-percentage 10]
@@ -90,8 +90,8 @@ import requests
 from PIL import Image, UnidentifiedImageError
 
 from cv_pipeline.deployment.inference_log import InferenceLogWriter, utc_now
-from cv_pipeline.deployment.pyfunc import IMAGE_COLUMN
-from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
+from cv_pipeline.models.pyfunc import IMAGE_COLUMN
+from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry, registered_model_name
 from cv_pipeline.deployment.serving import ManagedServer, _free_port, post_images
 
 log = logging.getLogger("cv_pipeline.endpoints")
@@ -105,10 +105,6 @@ _REDACT_MIN_CHARS = 64  # strings at least this long that are not validated imag
 
 
 def endpoint_name(task: str) -> str:
-    return f"cv_pipeline_{task}"
-
-
-def registered_model_name(task: str) -> str:
     return f"cv_pipeline_{task}"
 
 
@@ -762,10 +758,16 @@ class ServeOptions:
     flush_rows: int = 1000
     keep_payloads: bool = False
     limits: Limits = field(default_factory=Limits)
-    # Dynamic batching (Batcher) of up to this many images per model call; 0: off. Off by default:
-    # benchmarks/serving.py --compare-batching measured 1.7-1.9x the classifier's saturated
-    # throughput (1.2x the detector's) but a 3x p95 at a rate both keep up with.
-    batch_rows: int = 0
+    # Dynamic batching (Batcher) of up to this many images per model call; 0: off. On because it
+    # passes the bar of 1.5x throughput at equal p95 (benchmarks/serving.py --compare-batching,
+    # quiet 2 cores: the classifier keeps up with 119 req/s at p95 165 ms batched, 51 req/s at p95
+    # 4 s unbatched; 2.45x at saturation, the detector 1.26x).
+    batch_rows: int = 8
+
+    def __post_init__(self):
+        if not self.flush_interval_s > 0 or self.flush_rows < 1 or self.batch_rows < 0:
+            raise ValueError(f"ServeOptions: flush_interval_s must be > 0, flush_rows >= 1 and batch_rows >= 0, got "
+                             f"{self.flush_interval_s!r}, {self.flush_rows!r}, {self.batch_rows!r}")
 
     def to_args(self) -> list[str]:
         args = ["--flush-interval-s", str(self.flush_interval_s), "--flush-rows", str(self.flush_rows)]

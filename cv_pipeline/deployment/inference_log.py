@@ -75,6 +75,9 @@ class InferenceLogWriter:
     """Batches inference log records and appends them to the Delta table at `path`."""
 
     def __init__(self, path: str | Path, flush_interval_s: float = 2.0, flush_rows: int = 1000):
+        if not float(flush_interval_s) > 0 or int(flush_rows) < 1:
+            raise ValueError(f"inference log: flush_interval_s must be > 0 and flush_rows >= 1, got "
+                             f"{flush_interval_s!r} and {flush_rows!r}")
         self.path = str(path)
         self.flush_interval_s = float(flush_interval_s)
         self.flush_rows = int(flush_rows)

@@ -258,7 +258,7 @@ def format_lineage(lineage: Lineage) -> str:
         client = f" (client id {request['client_request_id']})" if request.get("client_request_id") else ""
         lines.append(f"request   {request.get('databricks_request_id')}{client} at {request.get('request_time')}")
         lines.append(f"          endpoint {request.get('endpoint_name')} entity {request.get('served_entity_id')}: "
-                     f"status {request.get('status_code')}, {request.get('execution_duration_ms')} ms, "
+                     f"status {request.get('status_code')}, {float(request.get('execution_duration_ms') or 0):.1f} ms, "
                      f"{request['rows']} rows" + (f", error: {request['error']}" if request.get("error") else ""))
         for item in request["inputs"][:5]:
             lines.append(f"          row {item.get('row')}: sha256 {_short(item.get('sha256'))} "

@@ -3,9 +3,8 @@
 `ManagedServer` is the process management every local server shares: the server runs in its own
 session so it outlives whoever started it (a Dagster run, a notebook); a state file in `state_dir`
 records pid, port and url so a later process reuses or replaces it; starts are serialised by a file
-lock; stop signals the whole process group. `LocalModelServer` runs `mlflow models serve` for one
-model URI on it (`state_dir/server.json`); `cv_pipeline.deployment.endpoints.EndpointServer` runs
-the serving endpoints on it.
+lock; stop signals the whole process group. `cv_pipeline.deployment.endpoints.EndpointServer`
+runs the serving endpoints on it.
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,25 +24,13 @@ from typing import Any, Sequence
 import requests
 from PIL import Image
 
-from cv_pipeline.deployment.pyfunc import IMAGE_COLUMN, encode_image
+from cv_pipeline.models.pyfunc import IMAGE_COLUMN, encode_image
 
 STATE_FILE_NAME = "server.json"
 LOG_FILE_NAME = "server.log"
 _PING_TIMEOUT_S = 2.0
 _STOP_GRACE_S = 15.0
 _LOG_TAIL_CHARS = 4000
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """Where a model server listens; `reused` is True when it was already running (always so
-    for `status()`, which only describes a running server)."""
-
-    url: str
-    port: int
-    pid: int
-    model_uri: str
-    reused: bool
 
 
 def post_images(
@@ -74,14 +59,6 @@ def _image_cell(image: Image.Image | bytes | str) -> str:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(image)).decode("ascii")
     return image
-
-
-def predict_over_http(url: str, images: Sequence[Image.Image], timeout_s: float = 60.0) -> list[dict]:
-    """POST the images (base64 PNG, `dataframe_split`) to `url/invocations`; one dict per image.
-
-    Raises RuntimeError with the status and body when the server does not answer 200.
-    """
-    return list(post_images(f"{url.rstrip('/')}/invocations", images, timeout_s)["predictions"])
 
 
 def _ping(url: str) -> bool:
@@ -177,8 +154,8 @@ class ManagedServer:
     state_file_name = STATE_FILE_NAME
     log_file_name = LOG_FILE_NAME
     lock_file_name = "server.lock"
-    command_marker = "mlflow"
-    description = "mlflow models serve"
+    command_marker = "python"  # a subclass names a word of its command line
+    description = "the server"
 
     def __init__(self, state_dir: Path, host: str = "127.0.0.1"):
         self.state_dir = Path(state_dir)
@@ -319,65 +296,3 @@ class ManagedServer:
         except OSError:
             return "(no log)"
         return text[-_LOG_TAIL_CHARS:]
-
-
-class LocalModelServer(ManagedServer):
-    """One `mlflow models serve` process per `state_dir`, serving one model URI at a time."""
-
-    def status(self) -> ServerInfo | None:
-        """The running server this state file describes (alive and answering /ping), else None."""
-        state = self._running_state()
-        if state is None:
-            return None
-        return ServerInfo(
-            url=state["url"],
-            port=int(state["port"]),
-            pid=int(state["pid"]),
-            model_uri=state["model_uri"],
-            reused=True,
-        )
-
-    def ensure(
-        self, model_uri: str, tracking_uri: str, port: int | None = None, timeout_s: float = 180
-    ) -> ServerInfo:
-        """A server for `model_uri`: the running one when it serves that URI (and `port`, if
-        given) and answers /ping, otherwise a fresh one replacing whatever ran before.
-
-        Concurrent callers (two runs promoting at once) are serialised by a file lock, so the
-        second one finds the first one's server instead of killing it while it starts.
-        Raises RuntimeError with the tail of the server log when it exits or is not answering
-        /ping within `timeout_s`.
-        """
-        with self._locked():
-            return self._ensure_locked(model_uri, tracking_uri, port, timeout_s)
-
-    def _ensure_locked(self, model_uri: str, tracking_uri: str, port: int | None, timeout_s: float) -> ServerInfo:
-        current = self.status()
-        if current is not None and current.model_uri == model_uri and port in (None, current.port):
-            return current
-        self.stop()
-
-        port = int(port) if port is not None else _free_port(self.host)
-        command = [
-            sys.executable, "-m", "mlflow", "models", "serve",
-            "-m", model_uri,
-            "--env-manager", "local",
-            "-h", self.host,
-            "-p", str(port),
-            "-w", "1",
-        ]  # fmt: skip
-        env = os.environ.copy()
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-        # `mlflow models serve` execs `uvicorn` through bash: make it this interpreter's uvicorn.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env["PYTHONUNBUFFERED"] = "1"
-        self.description = f"mlflow models serve for {model_uri}"
-        state = self._launch(command, env, port, {"model_uri": model_uri}, timeout_s)
-        return ServerInfo(url=state["url"], port=port, pid=int(state["pid"]), model_uri=model_uri, reused=False)
-
-    def predict(self, images: list[Image.Image]) -> list[dict]:
-        """Top-1 predictions from the running server, one dict per image."""
-        state = self._read_state()
-        if not state:
-            raise RuntimeError(f"No model server recorded in {self.state_path}; call ensure() first")
-        return predict_over_http(state["url"], images)

@@ -65,7 +65,7 @@ def log_task_model(spec, manifest, model_path: Path, run_id: str, log=print) -> 
         log(f"task {spec.name!r} has no predict/evaluation_samples/evaluate: its model is logged as a file only")
         mlflow.log_artifact(str(model_path), artifact_path="model")
         return f"runs:/{run_id}/model/{model_path.name}"
-    from cv_pipeline.deployment.pyfunc import log_vision_model
+    from cv_pipeline.models.pyfunc import log_vision_model
 
     example = spec.evaluation_samples(manifest, "val", 1).images[0]
     return log_vision_model(model_path, example).model_uri

@@ -178,7 +178,7 @@ def load_vision_model(model: str | Path):
     if path.is_file():
         from mlflow.pyfunc import PythonModelContext
 
-        from cv_pipeline.deployment.pyfunc import ARTIFACT_KEY, VisionModel
+        from cv_pipeline.models.pyfunc import ARTIFACT_KEY, VisionModel
 
         python_model = VisionModel()
         python_model.load_context(PythonModelContext(artifacts={ARTIFACT_KEY: str(path)}, model_config=None))
@@ -196,7 +196,7 @@ def predict_split(model: str | Path, manifest, split: str = "test", *, batch_siz
     base64, decoded by the model. `max_images` keeps the split's first N images (smoke runs)."""
     import pandas as pd
 
-    from cv_pipeline.deployment.pyfunc import IMAGE_COLUMN, encode_image
+    from cv_pipeline.models.pyfunc import IMAGE_COLUMN, encode_image
 
     if tracking_uri:
         import mlflow

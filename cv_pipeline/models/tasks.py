@@ -13,7 +13,7 @@ and everything after training, which evaluation, comparison, batch inference and
 
 - `predict`: `(model, images: list[PIL.Image], info) -> list[dict]`, one JSON-able prediction per image at
   the image's own resolution (`info` is the artifact's header: labels, arch, config); the MLflow pyfunc
-  model every task is logged as (`cv_pipeline.deployment.pyfunc.VisionModel`) calls exactly this,
+  model every task is logged as (`cv_pipeline.models.pyfunc.VisionModel`) calls exactly this,
 - `output_example`: one prediction as `predict` returns it (the serving signature's output),
 - `evaluation_samples`: `(manifest, split, max_images) -> EvaluationSamples`: what the model is asked
   on a split and the ground truth to score it against,

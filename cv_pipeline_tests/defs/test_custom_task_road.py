@@ -1,6 +1,6 @@
 """A task from a user's own module, named in $CV_PIPELINE_TASK_MODULES, gets the built-in tasks'
 road from Dagster without editing the project: trained on Ray through Pipes, evaluated through its
-pyfunc, registered, compared, promoted and served behind its own endpoint."""
+pyfunc, registered, compared, promoted, served behind its own endpoint and used by batch_predictions."""
 
 import json
 import os
@@ -79,5 +79,21 @@ def test_a_users_task_is_trained_evaluated_registered_compared_and_served(ingest
 
         answer = invoke(endpoint["url"], [Image.new("RGB", (40, 30), (10, 200, 10))])
         assert set(answer["predictions"][0]) == {"count"} and answer["model_version"] == "1"
+
+        # batch inference: a landing batch scored with the champion into the predictions table
+        from cv_pipeline.data.delta_io import read_table
+        from cv_pipeline.defs.batch import batch_predictions
+        from cv_pipeline.defs.partitions import landing_batches
+
+        instance.add_dynamic_partitions(landing_batches.name, ["batch_0002"])
+        scored = dg.materialize([batch_predictions], instance=instance, partition_key="batch_0002",
+                                run_config={"ops": {"batch_predictions": {"config": {"tasks": [TASK]}}}},
+                                resources={"lake": LakeResource(lake_dir=str(lake)),
+                                           "mlflow": MLflowResource(tracking_uri=tracking_uri)})
+        assert scored.success
+        rows = read_table(lake / "predictions").to_pylist()
+        images = read_table(lake / "coco_images", filters=[("batch_id", "=", "batch_0002")]).num_rows
+        assert len(rows) == images and {(r["task"], r["model_version"]) for r in rows} == {(TASK, "1")}
+        assert all(r["image_uid"].startswith("batch_0002/") and "count" in r["prediction"] for r in rows)
     finally:
         EndpointServer(serving_dir).stop()

@@ -39,7 +39,7 @@ from cv_pipeline.deployment.endpoints import (
     update_endpoint,
     wait_for_config,
 )
-from cv_pipeline.deployment.pyfunc import decode_image
+from cv_pipeline.models.pyfunc import decode_image
 from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
 from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
 

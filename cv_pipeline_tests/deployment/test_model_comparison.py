@@ -13,7 +13,7 @@ import torch
 from cv_pipeline.defs.registry import CHAMPION_ASSETS, COMPARISON_ASSETS, PROMOTION_CHECKS
 from cv_pipeline.defs.resources import LakeResource, MLflowResource, PromotionPolicy
 from cv_pipeline.deployment.promotion import rule_violations
-from cv_pipeline.deployment.pyfunc import log_vision_model
+from cv_pipeline.models.pyfunc import log_vision_model
 from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
 from cv_pipeline.evaluation.model_comparison import ComparisonPolicy, compare, scored
 from cv_pipeline.evaluation.predictions import SplitPredictions

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cv_pipeline.deployment.pyfunc import ARTIFACT_KEY, VisionModel, decode_image, encode_image, log_vision_model
+from cv_pipeline.models.pyfunc import ARTIFACT_KEY, VisionModel, decode_image, encode_image, log_vision_model
 from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry
 from cv_pipeline.models.tasks import get_task, save_model_artifact
 from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
@@ -103,7 +103,7 @@ def test_register_aliases_promote_and_serve_champion(mlflow_store, logged_models
     assert json.loads(logged_b.tags["mlflow.modelVersions"]) == [{"name": name, "version": "2"}]
     code_dir = Path(logged_b.artifact_location) / "code"
     shipped = {str(path.relative_to(code_dir)) for path in code_dir.rglob("*.py")}
-    assert {"cv_pipeline/deployment/pyfunc.py", "cv_pipeline/models/tasks.py",
+    assert {"cv_pipeline/models/pyfunc.py", "cv_pipeline/models/tasks.py",
             "cv_pipeline/models/builtin_tasks.py"} <= shipped
     assert not any(path.endswith("__init__.py") for path in shipped)  # never shadows the live package
     signature = mlflow.models.get_model_info(info_b.model_uri).signature

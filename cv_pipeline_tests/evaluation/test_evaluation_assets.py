@@ -15,7 +15,7 @@ from cv_pipeline.data.delta_io import read_table, replace_batch
 from cv_pipeline.data.processor import COCOProcessor
 from cv_pipeline.defs.evaluation import EVALUATION_ASSETS, PER_CLASS_TABLE, PER_IMAGE_TABLE
 from cv_pipeline.defs.resources import LakeResource, MLflowResource
-from cv_pipeline.deployment.pyfunc import log_vision_model
+from cv_pipeline.models.pyfunc import log_vision_model
 from cv_pipeline.evaluation.predictions import predict_split
 from cv_pipeline.evaluation.task_evaluation import evaluate_predictions
 from cv_pipeline.models.tasks import get_task, save_model_artifact

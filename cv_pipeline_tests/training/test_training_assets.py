@@ -12,6 +12,8 @@ from cv_pipeline.defs.launchers import LocalJobLauncher
 from cv_pipeline.defs.resources import LakeResource, MLflowResource
 from cv_pipeline.defs.training import MODEL_ASSETS, training_dataset
 
+detection_model = MODEL_ASSETS["detection"]
+
 
 @pytest.fixture()
 def resources(ingested_lake, shared_ray, tmp_path):  # the Pipes job attaches to the session's Ray
