@@ -181,13 +181,16 @@ def model_asset(task: str, init_from: Optional[str] = None):
 
 
 def served_tasks() -> list[str]:
-    """Every registered task that can be evaluated and served (built-in ones first): each gets the
-    same road of assets, from `<task>_model` to `<task>_endpoint`."""
+    """The code location's tasks: the built-in ones, then those the modules named in
+    $CV_PIPELINE_TASK_MODULES register (a task registered elsewhere in the process is not one of
+    them). Each gets the same road of assets, from `<task>_model` to `<task>_endpoint`."""
     from cv_pipeline.models.builtin_tasks import BUILTIN_TASKS
-    from cv_pipeline.models.tasks import available_tasks, get_task
+    from cv_pipeline.models.tasks import available_tasks, get_task, task_module, task_modules
 
     builtin = [spec.name for spec in BUILTIN_TASKS]
-    return builtin + [name for name in available_tasks() if name not in builtin and get_task(name).servable]
+    configured = set(task_modules())
+    return builtin + [name for name in available_tasks() if name not in builtin and get_task(name).servable
+                      and task_module(get_task(name)) in configured]
 
 
 def _model_assets() -> dict:

@@ -79,6 +79,6 @@ class DeploymentPipeline:
     def _serve(self, registry) -> str:
         """Point the task's local endpoint at the new champion (starting the server if needed);
         returns the endpoint's invocations URL."""
-        from cv_pipeline.deployment.endpoints import serve_champion
+        from cv_pipeline.deployment.promotion import serve_champion
 
-        return serve_champion(settings.serving_dir(), registry, self.task, self.model_name)
+        return serve_champion(settings.serving_dir(), registry, self.task, self.model_name)["url"]
