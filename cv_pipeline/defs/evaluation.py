@@ -30,7 +30,8 @@ def publish_evaluation(context, lake: LakeResource, mlflow: MLflowResource, *, t
     import tempfile
     from pathlib import Path
 
-    import mlflow as mlflow_client
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
 
     from cv_pipeline import settings
     from cv_pipeline.data.delta_io import append_rows
@@ -45,13 +46,15 @@ def publish_evaluation(context, lake: LakeResource, mlflow: MLflowResource, *, t
                                 partition_by=("task",))
     report = write_report(settings.reports_dir() / f"{context.asset_key.to_python_identifier()}-"
                                                    f"{context.run_id[:8]}.html", html)
-    mlflow_client.set_tracking_uri(mlflow.tracking_uri)
-    with mlflow_client.start_run(run_id=mlflow_run_id), tempfile.TemporaryDirectory() as tmp:
-        mlflow_client.log_metrics({f"{split}_{k}": float(v) for k, v in metrics.items() if v is not None})
+    client = MlflowClient(tracking_uri=mlflow.tracking_uri)  # no process-wide MLflow state
+    now = int(datetime.now(timezone.utc).timestamp() * 1000)
+    client.log_batch(mlflow_run_id, metrics=[Metric(f"{split}_{k}", float(v), now, 0)
+                                             for k, v in metrics.items() if v is not None])
+    with tempfile.TemporaryDirectory() as tmp:
         for name, png in plots.items():
             (Path(tmp) / f"{name}.png").write_bytes(png)
         (Path(tmp) / "report.html").write_text(html, encoding="utf-8")
-        mlflow_client.log_artifacts(tmp, f"evaluation/{split}")
+        client.log_artifacts(mlflow_run_id, tmp, f"evaluation/{split}")
     return {"report_path": dg.MetadataValue.path(str(report)),
             "per_image_table": dg.MetadataValue.path(lake.table_path(PER_IMAGE_TABLE)),
             "per_image_table_version": image_version,

@@ -11,6 +11,8 @@ since source image ids are unique only within a batch; `image_keys[i]` maps samp
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -171,6 +173,25 @@ def crop_samples(manifest, split: str = "test", max_images: int | None = None) -
                              extra={"annotation_ids": [int(r["annotation_id"]) for r in rows]})
 
 
+@contextmanager
+def tracking_store(uri: str | None):
+    """MLflow's process-wide tracking URI set to `uri` for the block, then as it was (MLflow 3
+    exports it as $MLFLOW_TRACKING_URI, which must not leak into the rest of the process)."""
+    if not uri:
+        yield
+        return
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None: back to MLflow's default, the variable unset
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 def load_vision_model(model: str | Path):
     """The `VisionModel` of a pyfunc model URI (`models:/...`, `runs:/...`, a local pyfunc folder),
     or of a bare model artifact file (`model.pt`, loaded the same way in process)."""
@@ -198,11 +219,8 @@ def predict_split(model: str | Path, manifest, split: str = "test", *, batch_siz
 
     from cv_pipeline.models.pyfunc import IMAGE_COLUMN, encode_image
 
-    if tracking_uri:
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs resolve through the global tracking store
-    python_model = load_vision_model(model)
+    with tracking_store(tracking_uri):  # models:/ URIs resolve through the process-wide store
+        python_model = load_vision_model(model)
     spec = python_model.spec
     samples = spec.evaluation_samples(manifest, split, max_images)
     outputs: list[dict] = []

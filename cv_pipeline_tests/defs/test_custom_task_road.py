@@ -54,6 +54,7 @@ def test_a_users_task_is_trained_evaluated_registered_compared_and_served(ingest
     serving_dir = tmp_path / "serving"
     road = [model_asset(TASK), evaluation_asset(TASK), registered_asset(TASK), comparison_asset(TASK),
             promotion_check(TASK), champion_asset(TASK), endpoint_asset(TASK)]
+    uri_before = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         result = dg.materialize(
             road, instance=instance,
@@ -64,6 +65,7 @@ def test_a_users_task_is_trained_evaluated_registered_compared_and_served(ingest
                        "serving": ServingResource(state_dir=str(serving_dir)),
                        "job_launcher": LocalJobLauncher()})
         assert result.success
+        assert os.environ.get("MLFLOW_TRACKING_URI") == uri_before  # no MLflow store leaks into the process
         metadata = {node: {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
                     for node in (f"{TASK}_{stage}" for stage in STAGES)}
         assert metadata[f"{TASK}_evaluation"]["primary_metric"] == "mae"
