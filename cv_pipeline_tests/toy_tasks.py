@@ -66,13 +66,11 @@ def count_predict(model, images, info) -> list[dict]:
 
 def count_samples(manifest, split, max_images=None):
     """Every image of the split, and its number of (non-crowd) objects."""
-    from PIL import Image
-
     from cv_pipeline.evaluation.predictions import EvaluationSamples
-    from cv_pipeline.training.coco_dataset import decode_record_image, load_image_records
+    from cv_pipeline.training.coco_dataset import load_image_records, record_pil_image
 
     records = load_image_records(manifest, split)[:max_images]
-    images = [Image.fromarray(decode_record_image(r).permute(1, 2, 0).numpy()) for r in records]
+    images = [record_pil_image(r) for r in records]
     return EvaluationSamples(images, [(r.batch_id, r.image_id) for r in records], [r.file_path for r in records],
                              [int((r.iscrowd == 0).sum()) for r in records], records)
 

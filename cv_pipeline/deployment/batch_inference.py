@@ -108,19 +108,11 @@ def load_scoring_model(model: ScoringModel, tracking_uri: str | None, download_d
     """The pyfunc's Python model (`predict_images`), its artifacts downloaded from the given tracking
     server and registry (default: the tracking URI) into `download_dir`; with a tracking URI given,
     MLflow's process-wide URIs are neither read nor changed."""
-    import mlflow
-
-    from mlflow.utils.uri import is_models_uri
+    from cv_pipeline.models.pyfunc import load_vision_model
 
     uri = model.model_uri or f"models:/{model.model_name}/{model.model_version}"
-    source = uri
-    if is_models_uri(uri) and tracking_uri:  # resolved here: models:/ downloads go through the global registry
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
-        source = client.get_model_version_download_uri(model.model_name, str(model.model_version))
-    local = source if Path(source).exists() else mlflow.artifacts.download_artifacts(
-        artifact_uri=source, dst_path=str(Path(download_dir) / f"{model.model_name}-{model.model_version}"),
-        tracking_uri=tracking_uri)
-    python_model = mlflow.pyfunc.load_model(local).unwrap_python_model()
+    python_model = load_vision_model(uri, tracking_uri=tracking_uri, registry_uri=registry_uri,
+                                     download_dir=Path(download_dir) / f"{model.model_name}-{model.model_version}")
     name = f"{model.model_name} version {model.model_version} ({uri})"
     if not callable(getattr(python_model, "predict_images", None)):
         raise TypeError(f"{name} has no predict_images(list[PIL.Image]); it cannot score images")
@@ -133,15 +125,14 @@ def load_scoring_model(model: ScoringModel, tracking_uri: str | None, download_d
 def _decode(row: dict):
     """PIL RGB image of one coco_images row, read and size-checked as training reads it."""
     import numpy as np
-    from PIL import Image
 
-    from cv_pipeline.training.coco_dataset import ImageRecord, decode_record_image
+    from cv_pipeline.training.coco_dataset import ImageRecord, record_pil_image
 
     empty = np.zeros(0, np.int64)
     record = ImageRecord(row["batch_id"], row["image_id"], row.get("file_path"), row["width"], row["height"],
                          empty, np.zeros((0, 4), np.float32), empty, empty, np.zeros(0, np.float32),
                          image_bytes=row.get("image_bytes"), sha256=row.get("sha256"))
-    return Image.fromarray(decode_record_image(record).permute(1, 2, 0).contiguous().numpy(), "RGB")
+    return record_pil_image(record)
 
 
 def _json_default(value):

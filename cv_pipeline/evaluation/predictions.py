@@ -11,8 +11,6 @@ since source image ids are unique only within a batch; `image_keys[i]` maps samp
 from __future__ import annotations
 
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -117,11 +115,9 @@ def class_masks(outputs: list[dict], labels: list[dict]) -> list[np.ndarray]:
 
 
 def _record_images(records) -> list:
-    from PIL import Image
+    from cv_pipeline.training.coco_dataset import record_pil_image
 
-    from cv_pipeline.training.coco_dataset import decode_record_image
-
-    return [Image.fromarray(decode_record_image(record).permute(1, 2, 0).numpy()) for record in records]
+    return [record_pil_image(record) for record in records]
 
 
 def _records(manifest, split: str, max_images: int | None):
@@ -173,42 +169,6 @@ def crop_samples(manifest, split: str = "test", max_images: int | None = None) -
                              extra={"annotation_ids": [int(r["annotation_id"]) for r in rows]})
 
 
-@contextmanager
-def tracking_store(uri: str | None):
-    """MLflow's process-wide tracking URI set to `uri` for the block, then as it was (MLflow 3
-    exports it as $MLFLOW_TRACKING_URI, which must not leak into the rest of the process)."""
-    if not uri:
-        yield
-        return
-    import mlflow
-
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # None: back to MLflow's default, the variable unset
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-
-
-def load_vision_model(model: str | Path):
-    """The `VisionModel` of a pyfunc model URI (`models:/...`, `runs:/...`, a local pyfunc folder),
-    or of a bare model artifact file (`model.pt`, loaded the same way in process)."""
-    path = Path(str(model))
-    if path.is_file():
-        from mlflow.pyfunc import PythonModelContext
-
-        from cv_pipeline.models.pyfunc import ARTIFACT_KEY, VisionModel
-
-        python_model = VisionModel()
-        python_model.load_context(PythonModelContext(artifacts={ARTIFACT_KEY: str(path)}, model_config=None))
-        return python_model
-    import mlflow.pyfunc
-
-    return mlflow.pyfunc.load_model(str(model)).unwrap_python_model()
-
-
 def predict_split(model: str | Path, manifest, split: str = "test", *, batch_size: int = 8,
                   max_images: int | None = None, tracking_uri: str | None = None) -> SplitPredictions:
     """The answers of `model` (a pyfunc URI or a model artifact file) on `split` of `manifest`.
@@ -217,10 +177,9 @@ def predict_split(model: str | Path, manifest, split: str = "test", *, batch_siz
     base64, decoded by the model. `max_images` keeps the split's first N images (smoke runs)."""
     import pandas as pd
 
-    from cv_pipeline.models.pyfunc import IMAGE_COLUMN, encode_image
+    from cv_pipeline.models.pyfunc import IMAGE_COLUMN, encode_image, load_vision_model
 
-    with tracking_store(tracking_uri):  # models:/ URIs resolve through the process-wide store
-        python_model = load_vision_model(model)
+    python_model = load_vision_model(model, tracking_uri=tracking_uri)
     spec = python_model.spec
     samples = spec.evaluation_samples(manifest, split, max_images)
     outputs: list[dict] = []

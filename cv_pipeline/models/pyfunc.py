@@ -168,3 +168,45 @@ def log_vision_model(model_path: Path, example_image: Image.Image, name: str = "
             signature=signature,
             input_example=example_input,
         )
+
+
+def _model_source(uri: str, tracking_uri: str, registry_uri: str | None) -> str:
+    """Where the files of a `models:/` URI are (a registered version, an alias or a logged model id),
+    asked of the given tracking server and registry; other URIs are returned as they are."""
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.utils.models import _parse_model_uri
+    from mlflow.utils.uri import is_models_uri
+
+    if not is_models_uri(uri):
+        return uri
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+    parsed = _parse_model_uri(uri)
+    if parsed.model_id is not None:
+        return client.get_logged_model(parsed.model_id).artifact_location
+    if parsed.version is None and parsed.alias is None:
+        raise ValueError(f"{uri}: name a version or an alias (registry stages are not used here)")
+    version = parsed.version or client.get_model_version_by_alias(parsed.name, parsed.alias).version
+    return client.get_model_version_download_uri(parsed.name, str(version))
+
+
+def load_vision_model(model: str | Path, *, tracking_uri: str | None = None, registry_uri: str | None = None,
+                      download_dir: str | Path | None = None):
+    """The Python model of a pyfunc (`models:/...`, `runs:/...`, a local pyfunc folder), or a
+    `VisionModel` of a bare model artifact file (`model.pt`, loaded the same way in process).
+
+    With `tracking_uri`, the URI is resolved and its files fetched through that tracking server and
+    registry (default: the tracking URI): MLflow's process-wide URIs are neither read nor changed."""
+    from urllib.parse import urlparse
+
+    path = Path(str(model))
+    if path.is_file():
+        python_model = VisionModel()
+        python_model.load_context(PythonModelContext(artifacts={ARTIFACT_KEY: str(path)}, model_config=None))
+        return python_model
+    source = _model_source(str(model), tracking_uri, registry_uri) if tracking_uri else str(model)
+    if source.startswith("file://"):
+        source = urlparse(source).path
+    if tracking_uri and not Path(source).exists():
+        source = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri,
+                                                     dst_path=str(download_dir) if download_dir else None)
+    return mlflow.pyfunc.load_model(source).unwrap_python_model()

@@ -314,6 +314,13 @@ def decode_record_image(record: ImageRecord) -> torch.Tensor:
     return image
 
 
+def record_pil_image(record: ImageRecord):
+    """A record's image as a PIL RGB image (what a served model is given), decoded as training decodes it."""
+    from PIL import Image
+
+    return Image.fromarray(decode_record_image(record).permute(1, 2, 0).contiguous().numpy(), "RGB")
+
+
 class CocoDeltaDataset(Dataset):
     """Map-style dataset of `(tv_tensors.Image uint8, target)` over `ImageRecord`s.
 

@@ -142,3 +142,23 @@ def test_registry_errors_other_than_not_found_propagate(mlflow_store):
     registry = ModelRegistry(mlflow_store["uri"])
     with pytest.raises(mlflow.exceptions.MlflowException):
         registry.version_for_alias("", CHAMPION)  # an invalid name is not "missing"
+
+
+def test_load_vision_model_asks_the_given_store_and_leaves_mlflows_own_alone(mlflow_store, logged_models, tmp_path):
+    from cv_pipeline.models.pyfunc import load_vision_model
+
+    (_, info), _ = logged_models
+    registry = ModelRegistry(mlflow_store["uri"])
+    version = registry.register(info.model_uri, "loaded_elsewhere")
+    registry.set_alias("loaded_elsewhere", CHAMPION, version)
+    elsewhere = f"sqlite:///{tmp_path / 'other.db'}"
+    mlflow.set_tracking_uri(elsewhere)  # the process-wide store is another one
+    try:
+        for uri in (f"models:/loaded_elsewhere/{version}", "models:/loaded_elsewhere@champion", info.model_uri):
+            model = load_vision_model(uri, tracking_uri=mlflow_store["uri"], download_dir=tmp_path / "dl")
+            assert model.task == "classification", uri
+        assert mlflow.get_tracking_uri() == elsewhere
+        with pytest.raises(ValueError, match="name a version or an alias"):
+            load_vision_model("models:/loaded_elsewhere/Production", tracking_uri=mlflow_store["uri"])
+    finally:
+        mlflow.set_tracking_uri(mlflow_store["uri"])
