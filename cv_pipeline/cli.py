@@ -28,7 +28,7 @@ concurrency:
 PROFILES = ("quick", "full")
 TABLES = ("coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "coco_batches",
           "coco_quality_metrics", "training_dataset", "evaluation_per_image", "evaluation_per_class",
-          "inference_log", "predictions")
+          "inference_log", "predictions", "monitoring_metrics", "champion_quality")
 
 
 def ensure_instance_config() -> str:
@@ -241,6 +241,81 @@ def score_batches(defs, instance, console, batches: list[str]) -> bool:
     return ok
 
 
+def send_test_traffic(console, instance, max_images: int = 64, rows_per_request: int = 8) -> int:
+    """Ask every endpoint about the test split's samples (its task's, at most `max_images`), as a
+    client would: what the monitoring pass then watches. Returns the number of requests sent."""
+    from cv_pipeline import settings
+    from cv_pipeline.deployment.endpoints import invoke, list_endpoints
+    from cv_pipeline.models.tasks import get_task
+    from cv_pipeline.training.dataset import load_manifest
+
+    import dagster as dg
+
+    event = instance.get_latest_materialization_event(dg.AssetKey("training_dataset"))
+    if event is None:
+        return 0
+    version = int(event.asset_materialization.metadata["delta_version"].value)
+    manifest = load_manifest(settings.table_path("training_dataset"), version)
+    sent = 0
+    for endpoint in list_endpoints(settings.serving_dir()):
+        if endpoint["url"] is None:
+            continue
+        images = get_task(endpoint["task"]).evaluation_samples(manifest, "test", max_images).images
+        for start in range(0, len(images), rows_per_request):
+            invoke(endpoint["url"], images[start:start + rows_per_request], client_request_id=f"make-run-{sent}")
+            sent += 1
+        console.print(f"traffic            {endpoint['name']}: {len(images)} test-split inputs in "
+                      f"{-(-len(images) // rows_per_request)} requests")
+    return sent
+
+
+def run_monitoring(defs, instance, console, window: str | None = None) -> tuple[bool, list[dict]]:
+    """The monitor_endpoints job over one window (default: the current hour); each endpoint's summary."""
+    from cv_pipeline.defs.monitoring import current_window_key
+
+    window = window or current_window_key()
+    job = defs.resolve_job_def("monitor_endpoints").with_logger_defs(console.logger_defs())
+    result = job.execute_in_process(instance=instance, partition_key=window, raise_on_error=False,
+                                    run_config=console.run_config())
+    summaries = [meta["summary"] for meta in materialized_metadata(result).values() if "summary" in meta]
+    if not result.success:
+        failures = step_failures(result)
+        console.print("monitoring FAILED: " + (failures[0][:2000] if failures else "see the log file"))
+    return result.success, summaries
+
+
+def print_monitoring(console, summaries: list[dict]) -> None:
+    from cv_pipeline.monitoring.endpoint_health import format_windows
+
+    if summaries:
+        console.print("\nmonitoring (this window of inference_log against each champion's training split)")
+        console.print(format_windows(summaries))
+
+
+def monitor_command(args) -> int:
+    """`cv-pipeline monitor`: the monitoring pass of the current window, as a table or (`--json`)
+    a JSON list on stdout; step lines and the run's log go where `cv-pipeline run` puts them."""
+    import json
+
+    from cv_pipeline import settings
+    from cv_pipeline.console import run_console
+
+    instance = _instance()
+    from cv_pipeline.definitions import defs
+
+    log_path = settings.logs_dir() / f"monitor-{datetime.now():%Y%m%d-%H%M%S}.log"
+    with run_console(log_path, verbose=args.verbose and not args.json) as console:
+        if args.json:  # stdout carries the JSON alone
+            console.stream = open(os.devnull, "w")
+        ok, summaries = run_monitoring(defs, instance, console, args.window)
+        if not args.json:
+            print_monitoring(console, summaries)
+            console.print(f"full log           {log_path}")
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+    return 0 if ok else 1
+
+
 def print_tables(console) -> None:
     from cv_pipeline import settings
     from cv_pipeline.data.delta_io import is_delta_table
@@ -313,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     dev = sub.add_parser("dev", help="`dagster dev` on this code location, with one local Ray cluster kept up for "
                                      "every job it runs")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
+    monitor = sub.add_parser("monitor", help="monitor every endpoint over the current window of inference_log: "
+                                             "requests, errors, latency percentiles, drift verdicts")
+    monitor.add_argument("--json", action="store_true", help="a JSON list, one object per endpoint")
+    monitor.add_argument("--window", default=None, metavar="YYYY-MM-DD-HH:00",
+                         help="an hourly window (UTC) other than the current one")
+    monitor.add_argument("-v", "--verbose", action="store_true", help="the full log on the console")
     endpoints = sub.add_parser("endpoints", help="list the serving endpoints: task, invocations URL, served model "
                                                  "versions and their traffic")
     endpoints.add_argument("--json", action="store_true", help="a JSON list of endpoint objects")
@@ -329,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_dev(args.dagster_args)
     if args.command == "endpoints":
         return print_endpoints(args.json)
+    if args.command == "monitor":
+        return monitor_command(args)
     if args.command == "lineage":
         from cv_pipeline.deployment.lineage import lineage_command
 
@@ -384,6 +467,12 @@ def _run(args, console, settings) -> int:
     if trained and args.score_batches:
         console.print("")
         trained = score_batches(defs, instance, console, eligible)
+    if trained:
+        console.print("")
+        send_test_traffic(console, instance)
+        monitored, summaries = run_monitoring(defs, instance, console)
+        print_monitoring(console, summaries)
+        trained = monitored
     print_tables(console)
     return 0 if trained else 1
 

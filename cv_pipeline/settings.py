@@ -74,3 +74,10 @@ def logs_dir() -> Path:
     path = cv_pipeline_home() / "logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def monitoring_dir() -> Path:
+    """Monitoring state: the champions' references (`references/<model>-v<version>.npz`)."""
+    path = cv_pipeline_home() / "monitoring"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

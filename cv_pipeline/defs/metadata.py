@@ -30,6 +30,9 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 def task_asset(task: str, stage: str, upstream: str, description: str, group: str = "deployment",
                kinds: frozenset = frozenset({"mlflow"})):
     """The decorator of a stage of a task's road: asset `<task>_<stage>` after `<task>_<upstream>`,
-    tagged with its task."""
+    tagged with its task; it follows its upstream eagerly (a retraining carries the whole road)."""
+    from cv_pipeline.defs.automation import follows_upstream
+
     return dg.asset(name=f"{task}_{stage}", deps=[dg.AssetKey(f"{task}_{upstream}")], group_name=group,
-                    kinds=set(kinds), tags={"task": task}, description=description)
+                    kinds=set(kinds), tags={"task": task}, description=description,
+                    automation_condition=follows_upstream())

@@ -114,6 +114,28 @@ class ServingResource(dg.ConfigurableResource):
     challenger_traffic_percentage: int = 0
 
 
+class MonitoringPolicy(dg.ConfigurableResource):
+    """How endpoints are watched: the drift tests' false-alarm rate and sample floor, the SLOs, and
+    the severity each kind of check fails with; references are kept in `reference_dir`."""
+
+    reference_dir: str
+    alpha: float = 0.05  # a window's false-alarm rate over its three drift tests
+    min_samples: int = 30
+    n_components: int = 32
+    n_permutations: int = 500
+    latency_p95_slo_ms: float = 2000.0
+    error_rate_slo: float = 0.01  # share of requests answered 5xx
+    drift_severity: str = "ERROR"  # ERROR or WARN
+    slo_severity: str = "WARN"
+
+    def config(self):
+        from cv_pipeline.monitoring.endpoint_health import MonitoringConfig
+
+        return MonitoringConfig(alpha=self.alpha, min_samples=self.min_samples, n_components=self.n_components,
+                                n_permutations=self.n_permutations, latency_p95_slo_ms=self.latency_p95_slo_ms,
+                                error_rate_slo=self.error_rate_slo)
+
+
 def promotion_policy_from_env() -> PromotionPolicy:
     """`CV_PIPELINE_PROMOTION_THRESHOLD`: `0.5` for every task, or `classification=0.6,detection=0.3`
     per task (unnamed tasks keep their own); `CV_PIPELINE_PROMOTION_MARGIN`."""
@@ -150,4 +172,5 @@ def local_resources() -> dict:
             store_image_bytes=os.environ.get("CV_PIPELINE_STORE_IMAGE_BYTES", "0").lower() in ("1", "true", "yes"),
         ),
         "job_launcher": LocalJobLauncher(),
+        "monitoring": MonitoringPolicy(reference_dir=str(settings.monitoring_dir() / "references")),
     }

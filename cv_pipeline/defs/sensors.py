@@ -1,13 +1,14 @@
-"""Sensors: new complete landing batches become partitions and ingestion runs; a successful
-ingestion (every blocking check passed) requests retraining; a successful retraining scores the
-batch that triggered it with the new champions (batch_predictions)."""
+"""Sensors, where a sensor is the right tool: new complete landing batches (files outside Dagster)
+become partitions and ingestion runs; a run that moved a champion scores the batches not scored yet
+(batch_predictions). Retraining itself is declarative automation (cv_pipeline.defs.automation);
+alerts are in cv_pipeline.defs.alerts."""
 
 
 import json
 
 import dagster as dg
 
-from cv_pipeline.defs.jobs import batch_inference_job, ingest_job, training_job
+from cv_pipeline.defs.jobs import batch_inference_job, ingest_job
 from cv_pipeline.defs.partitions import landing_batches
 from cv_pipeline.defs.resources import LandingZoneResource
 
@@ -30,32 +31,22 @@ def landing_batch_sensor(context: dg.SensorEvaluationContext, landing: LandingZo
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[ingest_job],
-    request_job=training_job,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Retrains when an ingestion run succeeded, i.e. every blocking quality check passed.",
-)
-def retrain_on_new_data(context: dg.RunStatusSensorContext):
-    batch = context.dagster_run.tags.get("dagster/partition", "unknown")
-    waiting = context.instance.get_runs(
-        filters=dg.RunsFilter(job_name=training_job.name,
-                              statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]),
-        limit=1,
-    )
-    if waiting:  # a retraining run that has not started yet will read this batch too
-        return dg.SkipReason(f"batch {batch}: retraining run {waiting[0].run_id} is already waiting to start")
-    return dg.RunRequest(run_key=f"retrain-after-{context.dagster_run.run_id}", tags={"trigger_batch": batch})
-
-
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[training_job],
     request_job=batch_inference_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Scores the landing batch that triggered a successful retraining with every task's champion.",
+    description="After a run that moved a champion (a retraining, by automation or by hand), scores every validated "
+                "batch of the training set that has no batch_predictions yet.",
 )
 def score_batch_after_retraining(context: dg.RunStatusSensorContext):
-    batch = context.dagster_run.tags.get("trigger_batch")
-    if not batch:
-        return dg.SkipReason(f"run {context.dagster_run.run_id} was not triggered by a landing batch")
-    return dg.RunRequest(run_key=f"score-{batch}-after-{context.dagster_run.run_id}", partition_key=batch)
+    run = context.dagster_run
+    records = context.instance.get_records_for_run(
+        run_id=run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    if not any(record.asset_key.path[-1].endswith("_champion") for record in records if record.asset_key):
+        return dg.SkipReason(f"run {run.run_id} moved no champion")
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("training_dataset"))
+    trained = (event.asset_materialization.metadata.get("batches").value
+               if event and event.asset_materialization and "batches" in event.asset_materialization.metadata else [])
+    scored = set(context.instance.get_materialized_partitions(dg.AssetKey("batch_predictions")))
+    waiting = [batch for batch in trained if batch not in scored]
+    if not waiting:
+        return dg.SkipReason(f"every batch of the training set ({len(trained)}) is scored already")
+    return [dg.RunRequest(run_key=f"score-{batch}-after-{run.run_id}", partition_key=batch) for batch in waiting]

@@ -8,6 +8,7 @@ import dagster as dg
 
 from cv_pipeline import settings
 from cv_pipeline.data.quality import ERROR, TRAINING_CHECK_DEFINITIONS
+from cv_pipeline.defs.automation import retraining_condition, training_dataset_condition
 from cv_pipeline.defs.ingestion import COCO_TABLES
 from cv_pipeline.defs.launchers import JobLauncher
 from cv_pipeline.defs.metadata import latest_metadata
@@ -26,6 +27,7 @@ class TrainingDatasetConfig(dg.Config):
     deps=[dg.AssetDep(name) for name in COCO_TABLES],
     group_name="training",
     kinds={"delta"},
+    automation_condition=training_dataset_condition(),
     description="Deterministic train/val/test split of every trainable object of the validated batches (held-back "
                 "batches are listed, not read), pinned to the Delta versions it read.",
     check_specs=[dg.AssetCheckSpec(definition.name, asset="training_dataset", blocking=definition.severity == ERROR,
@@ -56,7 +58,7 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
         severity=dg.AssetCheckSeverity.ERROR if leakage.severity == ERROR else dg.AssetCheckSeverity.WARN,
         metadata={k: dg.MetadataValue.json(v) if isinstance(v, list) else v
                   for k, v in results_as_metadata(leakage).items()})
-    return dg.MaterializeResult(check_results=[check], metadata={
+    return dg.MaterializeResult(check_results=[check], data_version=dg.DataVersion(manifest.content_hash), metadata={
         "delta_version": manifest.version,
         "path": dg.MetadataValue.path(manifest.table_path),
         "source_versions": dg.MetadataValue.json(manifest.source_versions),
@@ -154,7 +156,8 @@ def model_asset(task: str, init_from: Optional[str] = None):
                    + (f"; may start from {init_from}_model's weights (the task's profile says)." if init_from else "."))
 
     @dg.asset(name=f"{task}_model", deps=[training_dataset, *([upstream] if upstream else [])], group_name="training",
-              kinds={"pytorch", "ray", "mlflow"}, description=description, tags={"task": task})
+              kinds={"pytorch", "ray", "mlflow"}, description=description, tags={"task": task},
+              automation_condition=retraining_condition(task))
     def _model(context: dg.AssetExecutionContext, config: ModelTrainingConfig, lake: LakeResource,
                mlflow: MLflowResource, job_launcher: JobLauncher):
         recipe = get_task(task).recipe(config.profile)

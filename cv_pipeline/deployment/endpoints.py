@@ -89,6 +89,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import requests
 from PIL import Image, UnidentifiedImageError
 
+from cv_pipeline.data.image_statistics import image_statistics
 from cv_pipeline.deployment.inference_log import InferenceLogWriter, utc_now
 from cv_pipeline.models.pyfunc import IMAGE_COLUMN
 from cv_pipeline.deployment.registry import CHALLENGER, CHAMPION, ModelRegistry, registered_model_name
@@ -514,15 +515,21 @@ class ServedModel:
     pyfunc: Any
     predict_images: Callable[[list[Image.Image]], Any] | None
     batcher: "Batcher | None" = None
+    # (images) -> (predictions, features N x D or None): the model's representation, for monitoring
+    predict_with_features: Callable[[list[Image.Image]], tuple[Any, Any]] | None = None
 
-    def predict(self, images: list[Image.Image], cells: list[str]) -> list[Any]:
-        """One JSON-able prediction per image; raises what the model raises."""
+    def predict(self, images: list[Image.Image], cells: list[str]) -> tuple[list[Any], list | None]:
+        """One JSON-able prediction per image, and per image its feature vector (None when the
+        model gives none); raises what the model raises."""
         if self.batcher is not None:
             return self.batcher.submit(images, cells)
         return self.predict_now(images, cells)
 
-    def predict_now(self, images: list[Image.Image], cells: list[str]) -> list[Any]:
-        if self.predict_images is not None:
+    def predict_now(self, images: list[Image.Image], cells: list[str]) -> tuple[list[Any], list | None]:
+        features = None
+        if self.predict_with_features is not None:
+            output, features = self.predict_with_features(images)
+        elif self.predict_images is not None:
             output = self.predict_images(images)
         else:
             import pandas as pd
@@ -531,7 +538,7 @@ class ServedModel:
         predictions = _as_records(output)
         if len(predictions) != len(images):
             raise RuntimeError(f"{self.entity.name} returned {len(predictions)} predictions for {len(images)} rows")
-        return predictions
+        return predictions, (None if features is None else list(features))
 
 
 @dataclass
@@ -539,7 +546,7 @@ class _Job:
     images: list[Image.Image]
     cells: list[str]
     done: threading.Event = field(default_factory=threading.Event)
-    result: list[Any] | None = None
+    result: tuple[list[Any], list | None] | None = None
     error: BaseException | None = None
 
 
@@ -559,7 +566,7 @@ class Batcher:
         self.batches = self.rows = 0
         threading.Thread(target=self._run, name=f"batcher-{model.entity.name}", daemon=True).start()
 
-    def submit(self, images: list[Image.Image], cells: list[str]) -> list[Any]:
+    def submit(self, images: list[Image.Image], cells: list[str]) -> tuple[list[Any], list | None]:
         job = _Job(images, cells)
         with self._lock:
             if self._closed:  # swapped out while this request was on its way: run it here
@@ -602,15 +609,17 @@ class Batcher:
         self.batches, self.rows = self.batches + 1, self.rows + sum(len(job.images) for job in jobs)
         if len(jobs) > 1:
             try:
-                predictions = self.model.predict_now([i for job in jobs for i in job.images],
-                                                     [c for job in jobs for c in job.cells])
+                predictions, features = self.model.predict_now([i for job in jobs for i in job.images],
+                                                               [c for job in jobs for c in job.cells])
             except Exception:  # noqa: BLE001 - find the request that caused it
                 predictions = None
             if predictions is not None:
                 start = 0
                 for job in jobs:
-                    job.result, start = predictions[start:start + len(job.images)], start + len(job.images)
+                    end = start + len(job.images)
+                    job.result = (predictions[start:end], None if features is None else features[start:end])
                     job.done.set()
+                    start = end
                 return
         for job in jobs:
             try:
@@ -629,7 +638,8 @@ def load_served_model(entity: ServedEntity) -> ServedModel:
         python_model = model.unwrap_python_model()
     except Exception:  # noqa: BLE001 - not a Python-function model (e.g. a flavour's own): predict(DataFrame)
         python_model = None
-    return ServedModel(entity, model, getattr(python_model, "predict_images", None))
+    return ServedModel(entity, model, getattr(python_model, "predict_images", None),
+                       predict_with_features=getattr(python_model, "predict_images_with_features", None))
 
 
 @dataclass
@@ -814,12 +824,13 @@ def _handle(body: bytes, served: ServedModel, limits: Limits, keep_payloads: boo
             digests[id(cell)] = {"sha256": image.sha256, "bytes": image.nbytes}
             decoded.append(image)
         try:
-            predictions = served.predict([image.image for image in decoded], cells)
+            predictions, features = served.predict([image.image for image in decoded], cells)
         except ValueError as error:
             raise _bad(f"model {served.entity.name} refused the input: {error}") from error
         exchange.inputs = [
             {"row": row, "sha256": image.sha256, "width": image.image.width, "height": image.image.height,
-             "prediction": json.dumps(prediction)}
+             "prediction": json.dumps(prediction), "statistics": image_statistics(image.image),
+             "features": None if features is None else [float(v) for v in features[row]]}
             for row, (image, prediction) in enumerate(zip(decoded, predictions))
         ]
         return {"predictions": predictions}

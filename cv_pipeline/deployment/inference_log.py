@@ -3,7 +3,8 @@
 Shaped like a Databricks inference table (`databricks_request_id`, `client_request_id`,
 `request_time`, `request_date`, `served_entity_id`, `status_code`, `execution_duration_ms`,
 `request`, `response`) plus parsed columns the monitoring reads without parsing JSON: the model name
-and version, the error text, and `inputs`, one struct per row (sha256, width, height, prediction).
+and version, the error text, and `inputs`, one struct per row (sha256, width, height, prediction, and
+what drift monitoring reads: the image's statistics and the served model's penultimate features).
 
 Writes are off the request path: `InferenceLogWriter.add` only appends to a list; a background
 thread commits the pending rows every `flush_interval_s` or as soon as `flush_rows` are pending, one
@@ -32,6 +33,10 @@ INPUT_TYPE = pa.struct(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("prediction", pa.string()),  # JSON
+        # what monitoring compares with the model's training data: the decoded image's statistics
+        # (cv_pipeline.data.image_statistics) and the served model's penultimate features
+        ("statistics", pa.map_(pa.string(), pa.float64())),
+        ("features", pa.list_(pa.float32())),
     ]
 )
 SCHEMA = pa.schema(

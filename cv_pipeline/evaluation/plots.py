@@ -145,13 +145,13 @@ def _at_most(png: bytes, max_width: int) -> bytes:
         return buffer.getvalue()
 
 
-def _figure(width: float, height: float, dpi: int = 90, **kwargs) -> Figure:
+def new_figure(width: float, height: float, dpi: int = 90, **kwargs) -> Figure:
     figure = Figure(figsize=(width, height), dpi=dpi, **kwargs)
     FigureCanvasAgg(figure)
     return figure
 
 
-def _png(figure: Figure) -> bytes:
+def figure_png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -161,7 +161,7 @@ def pr_curves_png(curves: Mapping[str, tuple[Any, Any]], title: str = "Precision
     """Precision-recall curves, one line per entry of `curves` (name -> (recall, precision)), as PNG bytes."""
     if not curves:
         raise ValueError("curves is empty")
-    figure = _figure(5.5, 4.2, layout="constrained")
+    figure = new_figure(5.5, 4.2, layout="constrained")
     axes = figure.add_subplot()
     for name, pair in curves.items():
         try:
@@ -183,7 +183,7 @@ def pr_curves_png(curves: Mapping[str, tuple[Any, Any]], title: str = "Precision
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8 if len(curves) <= 10 else 6, ncol=1 if len(curves) <= 10 else 2, loc="lower left")
-    return _png(figure)
+    return figure_png(figure)
 
 
 def per_class_bar_png(values: Mapping[str, float], title: str, xlabel: str) -> bytes:
@@ -198,7 +198,7 @@ def per_class_bar_png(values: Mapping[str, float], title: str, xlabel: str) -> b
     if np.isinf(numbers).any():
         raise ValueError(f"values[{names[int(np.argmax(np.isinf(numbers)))]!r}] is infinite")
     height = float(np.clip(1.0 + 0.28 * len(names), 2.5, 24.0))
-    figure = _figure(6.0, height, layout="constrained")
+    figure = new_figure(6.0, height, layout="constrained")
     axes = figure.add_subplot()
     positions = np.arange(len(names))
     shown = np.nan_to_num(numbers, nan=0.0)
@@ -213,7 +213,7 @@ def per_class_bar_png(values: Mapping[str, float], title: str, xlabel: str) -> b
     axes.set_xlim(low * 1.15, max(float(np.nanmax(shown)), 0.0) * 1.15 + 0.05 * span)
     axes.set_xlabel(xlabel)
     axes.set_title(title)
-    return _png(figure)
+    return figure_png(figure)
 
 
 def error_breakdown_png(counts: Mapping[str, int], title: str = "Detection errors") -> bytes:
@@ -226,7 +226,7 @@ def error_breakdown_png(counts: Mapping[str, int], title: str = "Detection error
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
             raise ValueError(f"counts[{name!r}] must be a non-negative integer, got {count!r}")
         numbers.append(int(count))
-    figure = _figure(max(4.0, 0.75 * len(names) + 1.5), 3.4, layout="constrained")
+    figure = new_figure(max(4.0, 0.75 * len(names) + 1.5), 3.4, layout="constrained")
     axes = figure.add_subplot()
     colors = [ERROR_COLORS.get(name, "#1f77b4") for name in names]
     bars = axes.bar(np.arange(len(names)), numbers, color=colors)
@@ -235,7 +235,7 @@ def error_breakdown_png(counts: Mapping[str, int], title: str = "Detection error
     axes.set_ylim(0, max(max(numbers), 1) * 1.15)
     axes.set_ylabel("count")
     axes.set_title(title)
-    return _png(figure)
+    return figure_png(figure)
 
 
 def _image_array(image: Any) -> np.ndarray:
@@ -296,7 +296,7 @@ def _image_axes(height: int, width: int, max_size: int) -> tuple[Figure, Any]:
     """A figure whose only axes fill it exactly, the image scaled so its longer side is ~`max_size` px."""
     dpi = 100
     scale = float(np.clip(max_size / max(height, width), 0.05, 8.0))
-    figure = _figure(width * scale / dpi, height * scale / dpi, dpi=dpi)
+    figure = new_figure(width * scale / dpi, height * scale / dpi, dpi=dpi)
     axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     axes.set_axis_off()
     return figure, axes
@@ -359,7 +359,7 @@ def overlay_png(
         axes.text(x - 0.5, y + h - 0.5, f"{_class_name(int(label), class_names)} {score:.2f}", fontsize=7,
                   color="white", va="top", bbox={"facecolor": PREDICTION_COLOR, "alpha": 0.8, "pad": 1, "linewidth": 0},
                   clip_on=True)
-    return _png(figure)
+    return figure_png(figure)
 
 
 def _class_colors(num_classes: int) -> np.ndarray:
@@ -415,7 +415,7 @@ def semantic_overlay_png(
     scale = float(np.clip(max_size / max(height, width), 0.05, 8.0))
     dpi = 90
     legend_rows = 0 if class_names is None else 1
-    figure = _figure(2 * width * scale / dpi + 0.3, height * scale / dpi + 0.45 + 0.3 * legend_rows, dpi=dpi,
+    figure = new_figure(2 * width * scale / dpi + 0.3, height * scale / dpi + 0.45 + 0.3 * legend_rows, dpi=dpi,
                      layout="constrained")  # fmt: skip
     present: set[int] = set()
     for index, (name, mask) in enumerate(masks.items()):
@@ -436,4 +436,4 @@ def semantic_overlay_png(
     if class_names is not None and present:
         handles = [Patch(color=colors[label], label=str(class_names[label])) for label in sorted(present)]
         figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=7)
-    return _png(figure)
+    return figure_png(figure)

@@ -443,6 +443,38 @@ def semantic_predict(model, images, info) -> list[dict]:
     return answers
 
 
+def _classifier_features(model):
+    """torchvision classifiers pool their last feature map in `avgpool`, right before the classifier."""
+    return model.avgpool
+
+
+def _backbone_features(model):
+    """torchvision detectors and segmenters (and the semantic FPN) keep their feature extractor in
+    `backbone`: its maps, pooled per level, are what the heads see."""
+    return model.backbone
+
+
+def classification_signals(prediction: dict, width: int, height: int) -> dict:
+    return {"label": [prediction["label"]], "score": [float(prediction["score"])]}
+
+
+def detection_signals(prediction: dict, width: int, height: int) -> dict:
+    """Classes and scores of the detections, how many per image and their size (share of the image)."""
+    detections = prediction["detections"]
+    area = float(max(width * height, 1))
+    return {"label": [d["label"] for d in detections], "score": [float(d["score"]) for d in detections],
+            "boxes_per_image": [len(detections)],
+            "box_area": [float(d["bbox"][2]) * float(d["bbox"][3]) / area for d in detections]}
+
+
+def semantic_signals(prediction: dict, width: int, height: int) -> dict:
+    """The classes present, how many per image, and the share of the image each covers."""
+    classes = prediction["classes"]
+    area = float(max(width * height, 1))
+    return {"label": [c["label"] for c in classes], "classes_per_image": [len(classes)],
+            "pixel_fraction": [float(c["pixels"]) / area for c in classes]}
+
+
 def _evaluation(name: str):
     """A function of `cv_pipeline.evaluation`, imported when first called (evaluation needs plots)."""
     def call(*args, **kwargs):
@@ -489,6 +521,7 @@ CLASSIFICATION = TaskSpec(
     evaluation_samples=_evaluation("cv_pipeline.evaluation.predictions.crop_samples"),
     evaluate=_evaluation("cv_pipeline.evaluation.task_evaluation.evaluate_classification"),
     primary_metric="accuracy", promotion_threshold=0.6,
+    feature_module=_classifier_features, prediction_signals=classification_signals,
 )
 DETECTION = TaskSpec(
     name="detection",
@@ -507,6 +540,7 @@ DETECTION = TaskSpec(
     evaluation_samples=_evaluation("cv_pipeline.evaluation.predictions.detection_samples"),
     evaluate=_evaluation("cv_pipeline.evaluation.task_evaluation.evaluate_detection"),
     primary_metric="map_50", promotion_threshold=0.25,
+    feature_module=_backbone_features, prediction_signals=detection_signals,
 )
 INSTANCE_SEGMENTATION = TaskSpec(
     name="instance_segmentation",
@@ -528,6 +562,7 @@ INSTANCE_SEGMENTATION = TaskSpec(
     evaluation_samples=_evaluation("cv_pipeline.evaluation.predictions.detection_samples"),
     evaluate=partial(_evaluation("cv_pipeline.evaluation.task_evaluation.evaluate_detection"), iou_types=("bbox", "segm")),
     primary_metric="segm_map_50", promotion_threshold=0.15, init_from_task="detection",
+    feature_module=_backbone_features, prediction_signals=detection_signals,
 )
 SEMANTIC_SEGMENTATION = TaskSpec(
     name="semantic_segmentation",
@@ -551,6 +586,7 @@ SEMANTIC_SEGMENTATION = TaskSpec(
     evaluation_samples=_evaluation("cv_pipeline.evaluation.predictions.semantic_samples"),
     evaluate=_evaluation("cv_pipeline.evaluation.task_evaluation.evaluate_semantic"),
     primary_metric="miou", promotion_threshold=0.3, init_from_task="detection",
+    feature_module=_backbone_features, prediction_signals=semantic_signals,
 )
 
 BUILTIN_TASKS = (CLASSIFICATION, DETECTION, INSTANCE_SEGMENTATION, SEMANTIC_SEGMENTATION)

@@ -90,6 +90,29 @@ class VisionModel(PythonModel):
         with self._inference_mode():
             return self.spec.predict(self.model, list(images), self.info)
 
+    def predict_images_with_features(self, images: list[Image.Image]) -> tuple[list[dict], "np.ndarray | None"]:
+        """The predictions and, per image, the model's penultimate representation (the task's
+        `feature_module` output pooled over space, float32 `N x D`), caught by a forward hook during
+        the same pass; None when the task names no feature module."""
+        if self.spec.feature_module is None:
+            return self.predict_images(images), None
+        import numpy as np
+
+        caught: list = []
+        handle = self.spec.feature_module(self.model).register_forward_hook(
+            lambda module, inputs, output: caught.append(pool_features(output)))
+        try:
+            predictions = self.predict_images(images)
+        finally:
+            handle.remove()
+        if not caught:
+            return predictions, None
+        features = np.concatenate(caught, axis=0)
+        if len(features) != len(predictions):
+            raise RuntimeError(f"task {self.task!r}: its feature module gave {len(features)} rows for "
+                               f"{len(predictions)} images")
+        return predictions, features
+
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[dict]:
         """One prediction per input row; `model_input[IMAGE_COLUMN]` holds base64 text or bytes.
 
@@ -110,6 +133,24 @@ class VisionModel(PythonModel):
             except ValueError as error:
                 raise ValueError(f"model_input row {row}, column {IMAGE_COLUMN!r}: {error}") from error
         return self.predict_images(images)
+
+
+def pool_features(output: Any):
+    """A module's output as float32 `N x D` rows: maps averaged over space, several maps (a
+    backbone's pyramid levels) pooled each and concatenated."""
+    import numpy as np
+    import torch
+
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return np.concatenate([pool_features(item) for item in output], axis=1)
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"cannot pool features from {type(output).__name__}")
+    tensor = output.detach().float()
+    if tensor.ndim > 2:
+        tensor = tensor.flatten(2).mean(dim=2)
+    return tensor.reshape(tensor.shape[0], -1).cpu().numpy()
 
 
 def _pinned_requirements() -> list[str]:

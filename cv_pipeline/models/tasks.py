@@ -20,7 +20,14 @@ and everything after training, which evaluation, comparison, batch inference and
 - `evaluate`: `(SplitPredictions, options) -> TaskEvaluation`: metrics, per-class and per-image rows,
   plots, and the primary metric as a function of image weights (the comparison's paired bootstrap),
 - `primary_metric` (a key of the evaluation's metrics) and `promotion_threshold`: the promotion rule's
-  defaults.
+  defaults,
+
+and what monitoring reads of a served model (`cv_pipeline.monitoring`):
+
+- `feature_module`: `model -> nn.Module` whose output, pooled over space, is the model's penultimate
+  representation of an image (recorded at inference by a forward hook: no second pass),
+- `prediction_signals`: `(prediction, width, height) -> {name: [values]}`, what of one prediction the
+  prediction-drift test compares (string values are categories, numbers a distribution).
 
 A user adds a task with `register_task(TaskSpec(...))` from their own code, exactly as the built-in
 ones below are registered; nothing here needs editing. `num_classes` is always the number of
@@ -73,6 +80,8 @@ class TaskSpec:
     primary_metric: str = ""  # default: `monitor`
     init_from_task: str | None = None  # the task whose trained model this one's training may start from
     promotion_threshold: float = 0.0  # the test metric a challenger needs (at least; at most when mode="min")
+    feature_module: Callable[[torch.nn.Module], torch.nn.Module] | None = None  # its output: the representation
+    prediction_signals: Callable[[dict, int, int], dict] | None = None  # (prediction, width, height) -> {name: values}
 
     @property
     def test_metric(self) -> str:

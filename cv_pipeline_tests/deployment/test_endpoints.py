@@ -213,7 +213,7 @@ def test_batcher_batches_waiting_requests_and_keeps_errors_to_their_request():
 
     def submit(width):
         try:
-            results[width] = model.predict([Image.new("RGB", (width, 4))], [""])
+            results[width], _features = model.predict([Image.new("RGB", (width, 4))], [""])
         except ValueError as error:
             results[width] = str(error)
 
@@ -226,7 +226,27 @@ def test_batcher_batches_waiting_requests_and_keeps_errors_to_their_request():
     assert all(results[width] == [{"width": width}] for width in widths if width != 17)
     assert max(calls) > 1  # requests that waited went in one call
     model.batcher.close()
-    assert model.predict([Image.new("RGB", (5, 5))], [""]) == [{"width": 5}]  # closed: runs in the caller
+    assert model.predict([Image.new("RGB", (5, 5))], [""]) == ([{"width": 5}], None)  # closed: runs in the caller
+
+
+def test_batcher_hands_each_request_its_own_feature_rows():
+    def predict_with_features(images):
+        time.sleep(0.05)
+        return [{"width": image.width} for image in images], np.array([[image.width, 1.0] for image in images])
+
+    model = ServedModel(ServedEntity.for_version(TOY, "1"), None, None, predict_with_features=predict_with_features)
+    model.batcher = Batcher(model, max_rows=8)
+    results = {}
+    threads = [threading.Thread(target=lambda w=width: results.__setitem__(w, model.predict(
+        [Image.new("RGB", (w, 4)), Image.new("RGB", (w + 100, 4))], ["", ""]))) for width in (10, 11, 12, 13)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    model.batcher.close()
+    for width, (predictions, features) in results.items():
+        assert predictions == [{"width": width}, {"width": width + 100}]
+        assert [list(row) for row in features] == [[width, 1.0], [width + 100, 1.0]]
 
 
 # --- the server -----------------------------------------------------------------------------------
