@@ -135,6 +135,69 @@ def test_every_endpoint_serves_its_champion_over_http(end_to_end_run):
     assert bad.status_code == 400 and "row 0" in bad.json()["message"]
 
 
+def _monitor(run) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "cv_pipeline.cli", "monitor", "--json"], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "CV_PIPELINE_HOME": str(run.home),
+                                                       "DAGSTER_HOME": str(run.dagster_home)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {entry["endpoint"]: entry for entry in json.loads(done.stdout)}
+
+
+def test_monitoring_sees_no_drift_on_test_images_then_drift_that_retrains_once(end_to_end_run):
+    """`make run` ends with a monitoring pass over the test-split traffic it sent: no drift. Then the
+    classifier's endpoint gets the same objects blurred and darkened (ImageNet-C blur and brightness):
+    its input drifts, its check fails, and the automation requests exactly one retraining."""
+    from datetime import datetime, timedelta, timezone
+
+    import dagster as dg
+    from PIL import ImageEnhance, ImageFilter
+
+    from cv_pipeline.definitions import defs
+    from cv_pipeline.deployment.endpoints import invoke
+
+    run = end_to_end_run
+    assert run.returncode == 0, run.output
+    assert re.search(r"^monitoring \(", run.output, re.M), run.output
+    clean = _monitor(run)
+    assert set(clean) == {f"cv_pipeline_{task}" for task in TASKS}
+    classifier = clean["cv_pipeline_classification"]
+    assert classifier["requests"] >= 5 and classifier["errors"] == 0
+    assert set(classifier["latency_ms"]) == {"p50", "p95", "p99"} and classifier["latency_ms"]["p95"] > 0
+    for endpoint, entry in clean.items():
+        for test, result in entry["drift"].items():
+            assert {"statistic", "p_value", "drifted"} <= set(result), (endpoint, test)
+            assert result["drifted"] is not True, (endpoint, test, result)  # the test split is no drift
+    assert classifier["drift"]["input_drift"]["drifted"] is False  # enough crops for a verdict
+
+    rows = load_split(str(run.home / "lake" / "training_dataset"), None, "test")
+    corrupted = [ImageEnhance.Brightness(crop_row(row).filter(ImageFilter.GaussianBlur(2))).enhance(0.5)
+                 for row in rows[:120]]
+    url = _endpoints(run)["cv_pipeline_classification"]["url"]
+    for start in range(0, len(corrupted), 8):
+        invoke(url, corrupted[start:start + 8])
+    drifted = _monitor(run)["cv_pipeline_classification"]
+    assert drifted["drift"]["input_drift"]["drifted"] is True, drifted
+    moved = [feature for feature, _ in drifted["drift"]["input_drift"]["top_features"]]
+    assert {"sharpness", "brightness"} & set(moved[:3]), moved
+
+    instance = dg.DagsterInstance.from_config(str(run.dagster_home))
+    check = instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(dg.AssetKey("classification_endpoint_monitoring"), "no_input_drift"))
+    assert check is not None and check.status.value == "FAILED"
+    later = datetime.now(timezone.utc) + timedelta(hours=2)  # past the retraining cool-down
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=later)
+    requested = {task: first.get_num_requested(dg.AssetKey(f"{task}_model")) for task in TASKS}
+    assert requested == {"classification": 1, "detection": 0, "instance_segmentation": 0,
+                         "semantic_segmentation": 0}, requested
+    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=later,
+                                              cursor=first.cursor)
+    assert again.get_num_requested(dg.AssetKey("classification_model")) == 0
+
+
 def test_deployment_pipeline_promotes_a_second_version_and_the_endpoint_follows(end_to_end_run, monkeypatch):
     """The quick-start DeploymentPipeline trains a second classifier on the same pinned data, compares
     it with the champion by the same rule and, promoting it, points the endpoint at it: the running
