@@ -21,6 +21,7 @@ sensor of the code location).
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import timedelta
 from typing import Sequence
 
@@ -139,12 +140,14 @@ def monitoring_condition() -> dg.AutomationCondition:
     return dg.AutomationCondition.on_cron(MONITORING_CRON)
 
 
-retraining_automation = dg.AutomationConditionSensorDefinition(
-    "retraining_automation",
-    target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    use_user_code_server=True,  # ChecksFailedSinceMaterialized is Python of this code location
-    minimum_interval_seconds=30,
-    description="Evaluates every automation condition of the code location: retraining on new data or a failed "
-                "drift/quality check, the road after a retraining, monitoring every 15 minutes.",
-)
+with warnings.catch_warnings():  # use_user_code_server is beta in Dagster 1.13
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    retraining_automation = dg.AutomationConditionSensorDefinition(
+        "retraining_automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        use_user_code_server=True,  # ChecksFailedSinceMaterialized is Python of this code location
+        minimum_interval_seconds=30,
+        description="Evaluates every automation condition of the code location: retraining on new data or a failed "
+                    "drift/quality check, the road after a retraining, monitoring every 15 minutes.",
+    )

@@ -170,16 +170,18 @@ def crop_samples(manifest, split: str = "test", max_images: int | None = None) -
 
 
 def predict_split(model: str | Path, manifest, split: str = "test", *, batch_size: int = 8,
-                  max_images: int | None = None, tracking_uri: str | None = None) -> SplitPredictions:
+                  max_images: int | None = None, tracking_uri: str | None = None,
+                  registry_uri: str | None = None) -> SplitPredictions:
     """The answers of `model` (a pyfunc URI or a model artifact file) on `split` of `manifest`.
 
     Each sample goes through the pyfunc's `predict` as a served request does: encoded as PNG,
-    base64, decoded by the model. `max_images` keeps the split's first N images (smoke runs)."""
+    base64, decoded by the model. `max_images` keeps the split's first N images (smoke runs).
+    A `models:/` URI is resolved through `registry_uri` (default: the tracking URI)."""
     import pandas as pd
 
     from cv_pipeline.models.pyfunc import IMAGE_COLUMN, encode_image, load_vision_model
 
-    python_model = load_vision_model(model, tracking_uri=tracking_uri)
+    python_model = load_vision_model(model, tracking_uri=tracking_uri, registry_uri=registry_uri)
     spec = python_model.spec
     samples = spec.evaluation_samples(manifest, split, max_images)
     outputs: list[dict] = []

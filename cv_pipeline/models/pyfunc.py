@@ -90,7 +90,7 @@ class VisionModel(PythonModel):
         with self._inference_mode():
             return self.spec.predict(self.model, list(images), self.info)
 
-    def predict_images_with_features(self, images: list[Image.Image]) -> tuple[list[dict], "np.ndarray | None"]:
+    def predict_images_with_features(self, images: list[Image.Image]) -> tuple[list[dict], Any]:
         """The predictions and, per image, the model's penultimate representation (the task's
         `feature_module` output pooled over space, float32 `N x D`), caught by a forward hook during
         the same pass; None when the task names no feature module."""

@@ -10,8 +10,6 @@ window's overall false-alarm rate stays at most `alpha`.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -168,7 +166,7 @@ def _drift_tests(reference: ObservedInputs | None, current_all: ObservedInputs, 
         results["representation_drift"] = _unanswered(
             "representation_drift", alpha, 0 if current.features is None else len(current.features),
             "the model records no features" if reference.features is None else
-            f"no features recorded for the reference's model version in this window")
+            "no features recorded for the reference's model version in this window")
     else:
         results["representation_drift"] = representation_drift(
             reference.features, current.features, n_components=config.n_components,

@@ -85,6 +85,7 @@ def build_training_dataset(
     min_box_size: float = 4.0,
     versions: dict[str, int] | None = None,
     output_path: str | Path | None = None,
+    batches: list[str] | None = None,
 ) -> DatasetManifest:
     """Build and write the manifest table; `versions` pins the source tables (default: their latest).
 
@@ -95,15 +96,21 @@ def build_training_dataset(
     `coco_batches`, read at `versions["coco_batches"]` or, by default, after the other tables'
     versions are pinned, so a batch being re-ingested is seen as 'pending'); the others are listed in
     `manifest.held_back_batches`. A lake without a `coco_batches` table has no gate: every batch is read.
+
+    `batches` keeps only those batches' images (each must be ingested and let through by the gate, else
+    ValueError naming it and its status); labels still come from every batch the gate lets through, so
+    the label indices are those of a manifest of them all. A share of 0 in `fractions` leaves that split
+    empty: `{"train": 0, "val": 0, "test": 1}` puts every image in test (a manifest to evaluate on).
     """
     from deltalake import CommitProperties, write_deltalake
 
     from cv_pipeline.data.quality import BATCHES, batch_gate
 
     fractions = fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
-    if set(fractions) != set(SPLITS) or abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) <= 0:
-        raise ValueError(f"fractions must give positive train, val and test shares summing to 1, got {fractions}")
+    if set(fractions) != set(SPLITS) or abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) < 0:
+        raise ValueError(f"fractions must give non-negative train, val and test shares summing to 1, got {fractions}")
     lake_dir = Path(lake_dir)
+    selected = list(batches) if batches is not None else None
     pinned = {}
     for name in SOURCE_TABLES:
         version = (versions or {}).get(name, table_version(lake_dir / name))
@@ -118,6 +125,8 @@ def build_training_dataset(
                         columns=["batch_id", "image_id", "file_path", "width", "height", "sha256"])
     present = sorted(set(images.column("batch_id").to_pylist()))
     held_back = [b._asdict() for b in gate.held_back if b.batch_id in present]
+    if selected is not None:
+        _check_selected(lake_dir, selected, present, gate, pinned["coco_images"])
     if gate.eligible is None:
         batches = present
     else:
@@ -131,9 +140,13 @@ def build_training_dataset(
                 f"{b['batch_id']} ({b['message']})" for b in held_back))
         images = images.filter(pc.is_in(images["batch_id"], value_set=pa.array(batches, pa.string())))
     only = [("batch_id", "in", batches)] if gate.eligible is not None else None
+    if selected is not None:
+        batches = sorted(set(selected))
+        images = images.filter(pc.is_in(images["batch_id"], value_set=pa.array(batches, pa.string())))
     annotations = read_table(lake_dir / "coco_annotations", pinned["coco_annotations"],
                              columns=["batch_id", "annotation_id", "image_id", "category_id", "bbox_x", "bbox_y",
-                                      "bbox_w", "bbox_h", "iscrowd"], filters=only)
+                                      "bbox_w", "bbox_h", "iscrowd"],
+                             filters=[("batch_id", "in", batches)] if selected is not None else only)
     categories = read_table(lake_dir / "coco_categories", pinned["coco_categories"],
                             columns=["batch_id", "category_id", "name", "supercategory"], filters=only)
     labels = resolve_labels(categories)
@@ -160,7 +173,7 @@ def build_training_dataset(
     split_counts = {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}
     split_images = {s: len({(r["batch_id"], r["image_id"]) for r in rows if r["split"] == s}) for s in SPLITS}
     for split in SPLITS:
-        if split_counts[split] == 0:
+        if split_counts[split] == 0 and fractions[split] > 0:
             raise ValueError(f"training_dataset: the {split} split is empty ({len(rows)} objects in all); ingest more data")
 
     output_path = Path(output_path) if output_path is not None else lake_dir / output_table
@@ -176,6 +189,24 @@ def build_training_dataset(
     )
     manifest.version = int(table_version(output_path))
     return manifest
+
+
+def _check_selected(lake_dir: Path, selected: list[str], present: list[str], gate, images_version: int) -> None:
+    """Every batch asked for by name is ingested and let through by the gate, else ValueError naming it."""
+    from cv_pipeline.data.quality import BATCHES
+
+    if not selected:
+        raise ValueError("training_dataset: batches is empty; name at least one batch or pass None for all")
+    for batch_id in selected:
+        if gate.eligible is not None and batch_id not in gate.eligible:
+            rows = read_table(lake_dir / BATCHES, gate.version, filters=[("batch_id", "=", batch_id)]).to_pylist()
+            status = (rows[0].get("status") or "none recorded") if rows else "unknown: no coco_batches row"
+            why = next((b.message for b in gate.held_back if b.batch_id == batch_id), "")
+            raise ValueError(f"batch {batch_id!r} is not validated (status {status}{': ' + why if why else ''}); "
+                             "only validated batches are read")
+        if batch_id not in present:
+            raise ValueError(f"batch {batch_id!r} has no rows in {lake_dir / 'coco_images'} (version "
+                             f"{images_version}); ingested batches: {', '.join(present) or 'none'}")
 
 
 def _manifest_schema() -> pa.Schema:

@@ -1,4 +1,5 @@
-"""The code location loads; sensors register batches once and retrain only after clean ingestion."""
+"""The code location loads; sensors register batches once and score the batches a new champion has
+not scored yet (retraining itself is declarative automation: test_automation.py)."""
 
 import json
 import shutil
@@ -18,19 +19,26 @@ def test_definitions_load():
     tasks = ("classification", "detection", "instance_segmentation", "semantic_segmentation")
     road = {f"{task}_{stage}" for task in tasks
             for stage in ("model", "evaluation", "registered_model", "comparison", "champion", "endpoint")}
+    watched = {f"{task}_{stage}" for task in tasks for stage in ("endpoint_monitoring", "fresh_label_quality")}
     assert keys == {"coco_images", "coco_annotations", "coco_categories", "coco_quarantine", "coco_batches",
-                    "coco_quality_metrics", "training_dataset", "hpo_study", "batch_predictions", *road}
+                    "coco_quality_metrics", "training_dataset", "hpo_study", "batch_predictions", *road, *watched}
     assert defs.resolve_job_def("ingest_batch").partitions_def == landing_batches
     assert defs.resolve_job_def("score_batch").partitions_def == landing_batches
     trained = {key.to_user_string() for key in defs.resolve_job_def("train_and_deploy").asset_layer.selected_asset_keys}
     assert road <= trained and "training_dataset" in trained
     assert "hpo_study" not in trained and "batch_predictions" not in trained  # their own jobs
     assert {key.to_user_string() for key in defs.resolve_job_def("tune").asset_layer.selected_asset_keys} == {"hpo_study"}
-    assert {s.name for s in defs.sensors} == {"landing_batch_sensor", "retrain_on_new_data",
-                                              "score_batch_after_retraining"}
+    assert "endpoint_monitoring" not in str(trained) and "fresh_label_quality" not in str(trained)
+    monitored = {key.to_user_string() for key in defs.resolve_job_def("monitor_endpoints").asset_layer.selected_asset_keys}
+    assert monitored == {f"{task}_endpoint_monitoring" for task in tasks}
+    assert {s.name for s in defs.sensors} == {"landing_batch_sensor", "score_batch_after_retraining",
+                                              "retraining_automation", "alert_on_run_failure", "alert_on_failed_checks"}
     checks = {(key.asset_key.to_user_string(), key.name) for key in defs.resolve_asset_graph().asset_check_keys}
     assert {"annotations_unique_ids", "annotations_bbox_inside_image"} <= {name for _, name in checks}
     assert {(f"{task}_comparison", "promotion_rule_holds") for task in tasks} <= checks
+    assert {(f"{task}_endpoint_monitoring", name) for task in tasks for name in (
+        "no_input_drift", "no_prediction_drift", "latency_within_slo", "error_rate_within_slo")} <= checks
+    assert {(f"{task}_fresh_label_quality", "quality_on_fresh_labels") for task in tasks} <= checks
 
 
 def test_unknown_environment_is_refused():
@@ -109,17 +117,33 @@ def test_landing_sensor_survives_a_restart(tmp_path):
     after.dispose()
 
 
-def test_a_successful_retraining_scores_the_batch_that_triggered_it():
+def test_a_run_that_moved_a_champion_scores_the_batches_not_scored_yet():
     from cv_pipeline.defs.sensors import score_batch_after_retraining
 
+    @dg.asset(name="classification_champion")
+    def champion():
+        return None
+
+    @dg.asset(name="training_dataset")
+    def dataset():
+        return dg.MaterializeResult(metadata={"batches": dg.MetadataValue.json(["batch_0001", "batch_0002"])})
+
+    @dg.asset(name="other")
+    def other():
+        return None
+
     instance = dg.DagsterInstance.ephemeral()
-    for tags, expected in (({"trigger_batch": "batch_0002"}, "batch_0002"), ({}, None)):
-        context = dg.build_run_status_sensor_context(
+    instance.add_dynamic_partitions(landing_batches.name, ["batch_0001", "batch_0002"])
+    instance.report_runless_asset_event(dg.AssetMaterialization("batch_predictions", partition="batch_0001"))
+    moved = dg.materialize([dataset, champion], instance=instance)
+    unrelated = dg.materialize([other], instance=instance)
+
+    def outcome(result):
+        return score_batch_after_retraining(dg.build_run_status_sensor_context(
             sensor_name="score_batch_after_retraining", dagster_instance=instance,
-            dagster_run=dg.DagsterRun(job_name="train_and_deploy", run_id=f"run-{expected}", tags=tags),
-            dagster_event=dg.DagsterEvent("PIPELINE_SUCCESS", "train_and_deploy"))
-        outcome = score_batch_after_retraining(context)
-        if expected:
-            assert outcome.partition_key == expected and expected in outcome.run_key
-        else:
-            assert isinstance(outcome, dg.SkipReason)
+            dagster_run=instance.get_run_by_id(result.run_id),
+            dagster_event=dg.DagsterEvent("PIPELINE_SUCCESS", result.dagster_run.job_name)))
+
+    requests = outcome(moved)
+    assert [(r.partition_key, r.run_key) for r in requests] == [("batch_0002", f"score-batch_0002-after-{moved.run_id}")]
+    assert isinstance(outcome(unrelated), dg.SkipReason)

@@ -18,6 +18,7 @@ import requests
 from PIL import Image
 
 from cv_pipeline.data.delta_io import read_table
+from cv_pipeline.data.image_statistics import IMAGE_STATISTICS
 from cv_pipeline.deployment.endpoints import (
     Batcher,
     EndpointConfig,
@@ -63,6 +64,11 @@ class ToyModel(mlflow.pyfunc.PythonModel):
             mean = np.asarray(image.convert("RGB"), dtype=np.float64).mean(axis=(0, 1))
             predictions.append({"width": image.width, "height": image.height, "mean": np.round(mean, 3)})
         return predictions
+
+    def predict_images_with_features(self, images):
+        """The mean colour is its "representation": what the inference log records for monitoring."""
+        predictions = self.predict_images(images)
+        return predictions, np.array([p["mean"] for p in predictions], dtype=np.float32)
 
     def predict(self, context, model_input, params=None):
         return self.predict_images([decode_image(value) for value in model_input["image"]])
@@ -417,6 +423,10 @@ def test_inference_log_has_every_request_after_a_clean_stop(served):
     assert last["inputs"][0]["sha256"] == hashlib.sha256(_png()).hexdigest()
     assert (last["inputs"][0]["width"], last["inputs"][0]["height"]) == (24, 16)
     assert json.loads(last["inputs"][0]["prediction"]) == good["predictions"][0]
+    assert set(dict(last["inputs"][0]["statistics"])) == set(IMAGE_STATISTICS)  # what drift monitoring reads
+    assert last["inputs"][0]["features"] == pytest.approx(good["predictions"][0]["mean"], abs=1e-3)
+    plain = [row for row in table if row["model_name"] == PLAIN and row["status_code"] == 200]
+    assert plain and plain[0]["inputs"][0]["features"] is None  # a model that gives no features
     assert json.loads(last["request"])["instances"][0] == {"sha256": hashlib.sha256(_png()).hexdigest(), "bytes": len(_png())}
     assert last["request_date"] == last["request_time"].date() and last["execution_duration_ms"] > 0
     statuses = {row["status_code"] for row in table}

@@ -104,6 +104,31 @@ def test_every_builtin_task_predicts_in_its_declared_shape_at_each_image_size(sp
             assert (answer["width"], answer["height"]) == image.size
 
 
+@pytest.mark.parametrize("spec", BUILTIN_TASKS, ids=lambda spec: spec.name)
+def test_every_builtin_task_gives_its_features_and_prediction_signals_in_the_same_pass(spec, tmp_path):
+    """What monitoring records per served input: one feature row per image from the task's feature
+    module (caught by a hook while predicting), the same predictions as without it, and signals."""
+    from cv_pipeline.models.pyfunc import load_vision_model
+
+    torch.manual_seed(0)
+    config = {**spec.defaults, **spec.recipe("quick"), "image_size": 64}
+    model = spec.build_model(None, len(LABELS), **spec.model_options(config)).eval()
+    path = save_model_artifact(tmp_path / "model.pt", model, task=spec.name, arch=spec.default_model,
+                               labels=LABELS, options=spec.model_options(config), config=config)
+    served = load_vision_model(path)
+    images = [Image.new("RGB", (96, 72), (30, 200, 30)), Image.new("RGB", (50, 80), (200, 30, 30)),
+              Image.new("RGB", (64, 64), (10, 10, 200))]
+    predictions, features = served.predict_images_with_features(images)
+    assert predictions == served.predict_images(images)
+    assert features.ndim == 2 and features.shape[0] == len(images) and features.shape[1] >= 64
+    assert features.dtype.name == "float32" and bool((features == features).all())
+    assert not (features[0] == features[2]).all()  # each image its own row
+    for prediction, image in zip(predictions, images):
+        signals = spec.prediction_signals(prediction, image.width, image.height)
+        assert signals and all(isinstance(values, list) for values in signals.values())
+        assert all(isinstance(value, str) for value in signals.get("label", []))
+
+
 def test_ray_trainer_validates_its_arguments():
     from cv_pipeline import RayTrainer
 
