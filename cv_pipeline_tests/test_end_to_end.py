@@ -161,17 +161,15 @@ def test_monitoring_sees_no_drift_on_test_images_then_drift_that_retrains_once(e
 
     run = end_to_end_run
     assert run.returncode == 0, run.output
-    assert re.search(r"^monitoring \(", run.output, re.M), run.output
-    clean = _monitor(run)
-    assert set(clean) == {f"cv_pipeline_{task}" for task in TASKS}
-    classifier = clean["cv_pipeline_classification"]
-    assert classifier["requests"] >= 5 and classifier["errors"] == 0
-    assert set(classifier["latency_ms"]) == {"p50", "p95", "p99"} and classifier["latency_ms"]["p95"] > 0
-    for endpoint, entry in clean.items():
-        for test, result in entry["drift"].items():
-            assert {"statistic", "p_value", "drifted"} <= set(result), (endpoint, test)
-            assert result["drifted"] is not True, (endpoint, test, result)  # the test split is no drift
-    assert classifier["drift"]["input_drift"]["drifted"] is False  # enough crops for a verdict
+    out = run.output
+    assert re.search(r"^monitoring \(", out, re.M), out
+    for task in TASKS:  # the test split is no drift, whatever the verdict's sample size allows
+        block = out[out.index(f"cv_pipeline_{task} ({task})"):]
+        assert re.search(r"requests \d+, errors 0 ", block), block[:400]
+        for test in ("input_drift", "representation_drift", "prediction_drift"):
+            assert re.search(rf"^  {test} +(ok|n/a) ", block, re.M), (task, test, block[:600])
+    classifier = out[out.index("cv_pipeline_classification (classification)"):]
+    assert re.search(r"^  input_drift +ok ", classifier, re.M), classifier[:600]  # enough crops for a verdict
 
     rows = load_split(str(run.home / "lake" / "training_dataset"), None, "test")
     corrupted = [ImageEnhance.Brightness(crop_row(row).filter(ImageFilter.GaussianBlur(2))).enhance(0.5)
@@ -179,7 +177,13 @@ def test_monitoring_sees_no_drift_on_test_images_then_drift_that_retrains_once(e
     url = _endpoints(run)["cv_pipeline_classification"]["url"]
     for start in range(0, len(corrupted), 8):
         invoke(url, corrupted[start:start + 8])
-    drifted = _monitor(run)["cv_pipeline_classification"]
+    monitored = _monitor(run)
+    assert set(monitored) == {f"cv_pipeline_{task}" for task in TASKS}
+    drifted = monitored["cv_pipeline_classification"]
+    assert drifted["requests"] >= 15 and drifted["errors"] == 0
+    assert set(drifted["latency_ms"]) == {"p50", "p95", "p99"} and drifted["latency_ms"]["p95"] > 0
+    for test, result in drifted["drift"].items():
+        assert {"statistic", "p_value", "threshold", "drifted"} <= set(result), test
     assert drifted["drift"]["input_drift"]["drifted"] is True, drifted
     moved = [feature for feature, _ in drifted["drift"]["input_drift"]["top_features"]]
     assert {"sharpness", "brightness"} & set(moved[:3]), moved

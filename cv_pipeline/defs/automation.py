@@ -10,7 +10,8 @@
   cool-down after the last retraining (`CV_PIPELINE_RETRAIN_COOLDOWN_MINUTES`, default 60).
 - Every later stage of the task's road (evaluation, registration, comparison, champion, endpoint)
   follows eagerly, in the same run.
-- Each endpoint's monitoring runs every 15 minutes on its current window.
+- Each endpoint's monitoring runs every 15 minutes on its current window; a landing batch's
+  fresh-label quality runs once its tables are written.
 
 The checks that trigger retraining live on assets downstream of the model (monitoring reads the
 endpoint the model serves), so no dependency can carry them back: `ChecksFailedSinceMaterialized`
@@ -129,6 +130,15 @@ def retraining_condition(task: str, cooldown: timedelta | None = None) -> dg.Aut
     ).with_label("a trigger since the last request")
     return (pending & ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.any_deps_in_progress()
             & ~MaterializedWithin(cooldown)).with_label(f"retrain {task}")
+
+
+def fresh_labels_condition() -> dg.AutomationCondition:
+    """A landing batch's fresh-label quality: once its tables are written, scored by the champion of
+    the moment (before a retraining on that batch replaces it)."""
+    return (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated()).allow(
+                dg.AssetSelection.assets("coco_annotations")).since_last_handled()
+            & ~dg.AutomationCondition.any_deps_in_progress() & ~dg.AutomationCondition.in_progress()
+            ).with_label("the batch's labels were written")
 
 
 def follows_upstream() -> dg.AutomationCondition:

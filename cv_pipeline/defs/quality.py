@@ -8,6 +8,7 @@ from typing import Optional
 
 import dagster as dg
 
+from cv_pipeline.defs.automation import fresh_labels_condition
 from cv_pipeline.defs.metadata import markdown_table
 from cv_pipeline.defs.partitions import landing_batches
 from cv_pipeline.defs.registry import CHAMPION_ASSETS
@@ -35,6 +36,7 @@ def fresh_label_quality_asset(task: str):
         partitions_def=landing_batches,
         group_name="monitoring",
         tags={"task": task},
+        automation_condition=fresh_labels_condition(),
         kinds={"mlflow", "delta"},
         check_specs=[dg.AssetCheckSpec(
             QUALITY_CHECK, asset=name, blocking=False,

@@ -134,7 +134,8 @@ def representation_drift(reference: np.ndarray, current: np.ndarray, *, n_compon
     rng = np.random.default_rng(seed)
     ref_finite, cur_finite = np.isfinite(ref).all(axis=1), np.isfinite(cur).all(axis=1)
     ref, cur = ref[ref_finite], cur[cur_finite]
-    details: dict[str, Any] = {"dropped_rows": {"reference": int((~ref_finite).sum()), "current": int((~cur_finite).sum())}}
+    details: dict[str, Any] = {"dropped_rows": {"reference": int((~ref_finite).sum()),
+                                                "current": int((~cur_finite).sum())}}
     if len(ref) > max_reference:
         ref = ref[np.sort(rng.choice(len(ref), size=max_reference, replace=False))]
         details["reference_subsampled_to"] = max_reference

@@ -115,3 +115,15 @@ def test_a_held_back_batch_leaves_the_models_alone(defs, trained):
     trained.report_runless_asset_event(dg.AssetMaterialization(
         "training_dataset", tags={"dagster/data_version": "hash-1"}))
     assert retrained(tick(defs, trained, first.cursor)) == {}
+
+
+def test_a_landed_batch_is_scored_on_its_fresh_labels_by_every_champion(defs, trained):
+    from cv_pipeline.defs.partitions import landing_batches
+
+    trained.add_dynamic_partitions(landing_batches.name, ["batch_0001", "batch_0003"])
+    first = tick(defs, trained)
+    trained.report_runless_asset_event(dg.AssetMaterialization("coco_annotations", partition="batch_0003"))
+    second = tick(defs, trained, first.cursor)
+    for task in TASKS:
+        assert second.get_requested_partitions(dg.AssetKey(f"{task}_fresh_label_quality")) == {"batch_0003"}
+    assert retrained(second) == {}  # the same labels reach the models through training_dataset

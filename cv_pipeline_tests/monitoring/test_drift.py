@@ -37,8 +37,8 @@ def test_holm_adjusts_step_down_in_input_order():
 
 
 def test_input_drift_false_alarm_rate_stays_near_alpha():
-    alarms = [input_drift(statistics(np.random.default_rng(seed), 500), statistics(np.random.default_rng(1000 + seed), 200)).drifted
-              for seed in range(40)]
+    alarms = [input_drift(statistics(np.random.default_rng(seed), 500),
+                          statistics(np.random.default_rng(1000 + seed), 200)).drifted for seed in range(40)]
     assert None not in alarms
     assert sum(alarms) <= 4
 
@@ -48,7 +48,8 @@ def test_input_drift_finds_a_mean_shift_and_names_it_first():
     result = input_drift(statistics(rng, 500), statistics(rng, 200, {"sharpness": 1.5}))
     assert result.drifted is True and result.p_value < 1e-6
     assert result.top_features[0][0] == "sharpness" and len(result.top_features) <= 5
-    assert [score for _, score in result.top_features] == sorted((score for _, score in result.top_features), reverse=True)
+    scores = [score for _, score in result.top_features]
+    assert scores == sorted(scores, reverse=True)
     assert result.statistic == result.top_features[0][1] == result.details["features"]["sharpness"]["ks"]
     assert result.message.startswith("drift: sharpness") and result.method == "ks+holm"
     assert (result.n_reference, result.n_current) == (500, 200)
@@ -156,7 +157,8 @@ def test_results_are_json_serialisable():
     results = [
         input_drift(statistics(rng, 300), statistics(rng, 100, {"noise": 1.0})),
         input_drift(statistics(rng, 300), statistics(rng, 10)),
-        representation_drift(gaussian_features(rng, 300, mixing), gaussian_features(rng, 100, mixing), n_permutations=50),
+        representation_drift(gaussian_features(rng, 300, mixing), gaussian_features(rng, 100, mixing),
+                             n_permutations=50),
         prediction_drift(predictions(rng, 300), predictions(rng, 100, LABELS[:2])),
     ]
     for result in results:
