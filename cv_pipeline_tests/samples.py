@@ -7,3 +7,22 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = REPO_ROOT / "data_samples"
 INGESTED_TABLES = ("coco_images", "coco_annotations", "coco_categories")
+
+
+def gated_lake_copy(source: Path, target: Path) -> Path:
+    """A copy of an ingested lake (the `ingested_lake` fixture's) with a quality gate: batch_0001
+    validated, batch_0002 held back; returns its folder."""
+    import shutil
+
+    import pyarrow as pa
+
+    from cv_pipeline.data.delta_io import append_rows
+
+    shutil.copytree(source, target)
+    append_rows(pa.table({
+        "batch_id": ["batch_0001", "batch_0002"], "status": ["validated", "held_back"],
+        "failed_checks": ["[]", "[]"],
+        "status_message": ["every blocking check passed",
+                           "held back: failed blocking checks annotations_bbox_inside_image"],
+    }), target / "coco_batches")
+    return target

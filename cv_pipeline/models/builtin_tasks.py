@@ -459,20 +459,26 @@ def classification_signals(prediction: dict, width: int, height: int) -> dict:
 
 
 def detection_signals(prediction: dict, width: int, height: int) -> dict:
-    """Classes and scores of the detections, how many per image and their size (share of the image)."""
+    """One value per image (the drift tests' units): its top detection's class and score, how many
+    detections, and their median size as a share of the image."""
     detections = prediction["detections"]
-    area = float(max(width * height, 1))
-    return {"label": [d["label"] for d in detections], "score": [float(d["score"]) for d in detections],
-            "boxes_per_image": [len(detections)],
-            "box_area": [float(d["bbox"][2]) * float(d["bbox"][3]) / area for d in detections]}
+    if not detections:
+        return {"boxes_per_image": [0]}
+    top = max(detections, key=lambda d: d["score"])
+    areas = sorted(float(d["bbox"][2]) * float(d["bbox"][3]) for d in detections)
+    return {"label": [top["label"]], "score": [float(top["score"])], "boxes_per_image": [len(detections)],
+            "box_area": [areas[len(areas) // 2] / float(max(width * height, 1))]}
 
 
 def semantic_signals(prediction: dict, width: int, height: int) -> dict:
-    """The classes present, how many per image, and the share of the image each covers."""
+    """One value per image: the class covering most of it, how many classes, and the share of the
+    image that is not background."""
     classes = prediction["classes"]
-    area = float(max(width * height, 1))
-    return {"label": [c["label"] for c in classes], "classes_per_image": [len(classes)],
-            "pixel_fraction": [float(c["pixels"]) / area for c in classes]}
+    if not classes:
+        return {"classes_per_image": [0], "foreground": [0.0]}
+    top = max(classes, key=lambda c: c["pixels"])
+    return {"label": [top["label"]], "classes_per_image": [len(classes)],
+            "foreground": [sum(float(c["pixels"]) for c in classes) / float(max(width * height, 1))]}
 
 
 def _evaluation(name: str):

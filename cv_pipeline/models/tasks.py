@@ -26,8 +26,10 @@ and what monitoring reads of a served model (`cv_pipeline.monitoring`):
 
 - `feature_module`: `model -> nn.Module` whose output, pooled over space, is the model's penultimate
   representation of an image (recorded at inference by a forward hook: no second pass),
-- `prediction_signals`: `(prediction, width, height) -> {name: [values]}`, what of one prediction the
-  prediction-drift test compares (string values are categories, numbers a distribution).
+- `prediction_signals`: `(prediction, width, height) -> {name: [value]}`, what of one prediction the
+  prediction-drift test compares (string values are categories, numbers a distribution): one value
+  per signal per image (a summary such as the top detection's class), since the tests take their
+  values as independent samples and one image's detections are not.
 
 A user adds a task with `register_task(TaskSpec(...))` from their own code, exactly as the built-in
 ones below are registered; nothing here needs editing. `num_classes` is always the number of

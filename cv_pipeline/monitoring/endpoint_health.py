@@ -146,7 +146,7 @@ def monitor_endpoint(rows: list[dict], *, endpoint: str, task: str, start: datet
                           and str(row.get("model_version")) == model_version]
     current_all = ObservedInputs.from_rows(all_inputs, None)
     current = ObservedInputs.from_rows(by_reference_model, signals_of)
-    drift = _drift_tests(reference.observed if reference else None, current_all, current, config)
+    drift = drift_tests(reference.observed if reference else None, current_all, current, config)
     return EndpointWindow(endpoint, task, _utc(start), _utc(end), len(rows), errors, server_errors,
                           _percentiles([latency for _, latency in latencies]), model_name, model_version, drift,
                           reference.source if reference else "", statuses, latencies,
@@ -154,8 +154,10 @@ def monitor_endpoint(rows: list[dict], *, endpoint: str, task: str, start: datet
                           reference.observed if reference else None)
 
 
-def _drift_tests(reference: ObservedInputs | None, current_all: ObservedInputs, current: ObservedInputs,
-                 config: MonitoringConfig) -> dict[str, DriftResult]:
+def drift_tests(reference: ObservedInputs | None, current_all: ObservedInputs, current: ObservedInputs,
+                config: MonitoringConfig) -> dict[str, DriftResult]:
+    """The three tests, each at alpha/3: input drift on `current_all` (every input served), the
+    model's tests on `current` (the inputs the reference's model version answered)."""
     alpha = config.alpha / len(DRIFT_TESTS)
     if reference is None:
         return {name: _unanswered(name, alpha, current_all.count, "no champion reference yet")

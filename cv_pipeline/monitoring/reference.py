@@ -58,9 +58,10 @@ def _pool(pooled: dict[str, list], signals: Mapping[str, Sequence]) -> None:
         pooled.setdefault(name, []).extend(values)
 
 
-def describe_inputs(python_model, images: Sequence, batch_size: int = 16) -> ObservedInputs:
-    """Statistics, features and prediction signals of `images` through a loaded `VisionModel`
-    (`predict_images_with_features`: the endpoint's own call)."""
+def input_rows(python_model, images: Sequence, batch_size: int = 16) -> list[dict]:
+    """One inference-log-like row per image through a loaded `VisionModel`: its statistics, the
+    model's features (`predict_images_with_features`, the endpoint's own call), its prediction and
+    size."""
     from cv_pipeline.data.image_statistics import image_statistics
 
     rows = []
@@ -71,7 +72,12 @@ def describe_inputs(python_model, images: Sequence, batch_size: int = 16) -> Obs
             rows.append({"statistics": image_statistics(image), "prediction": prediction,
                          "features": None if features is None else features[k],
                          "width": image.width, "height": image.height})
-    return ObservedInputs.from_rows(rows, python_model.spec.prediction_signals)
+    return rows
+
+
+def describe_inputs(python_model, images: Sequence, batch_size: int = 16) -> ObservedInputs:
+    """Statistics, features and prediction signals of `images` through a loaded `VisionModel`."""
+    return ObservedInputs.from_rows(input_rows(python_model, images, batch_size), python_model.spec.prediction_signals)
 
 
 @dataclass
@@ -116,7 +122,7 @@ def reference_path(cache_dir: str | Path, model_name: str, version: str) -> Path
 
 
 def champion_reference(lake_dir: str | Path, model_name: str, version: str, *, tracking_uri: str,
-                       registry_uri: str | None = None, cache_dir: str | Path, max_images: int = 300,
+                       registry_uri: str | None = None, cache_dir: str | Path, max_images: int = 1000,
                        split: str = "train") -> Reference:
     """The reference of a registered model version: its task's samples of the `split` of the
     training_dataset version it was trained on (the version's `dataset_version` tag), through the

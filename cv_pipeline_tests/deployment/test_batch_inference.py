@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from cv_pipeline.data.delta_io import append_rows, read_table, replace_batch
+from cv_pipeline.data.delta_io import read_table, replace_batch
 from cv_pipeline.deployment.batch_inference import (
     PREDICTIONS_SCHEMA,
     ScoringModel,
@@ -22,6 +22,7 @@ from cv_pipeline.deployment.batch_inference import (
 )
 from cv_pipeline.deployment.registry import CHAMPION, ModelRegistry
 from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
+from cv_pipeline_tests.samples import gated_lake_copy
 
 
 class ImageStatsModel(mlflow.pyfunc.PythonModel):
@@ -47,14 +48,7 @@ def register_stats_model(registry: ModelRegistry, experiment_id: str, task: str,
 @pytest.fixture(scope="module")
 def lake(ingested_lake, tmp_path_factory):
     """The sample lake copied, with a quality gate: batch_0001 validated, batch_0002 held back."""
-    lake_dir = tmp_path_factory.mktemp("batch_inference") / "lake"
-    shutil.copytree(ingested_lake.lake_dir, lake_dir)
-    append_rows(pa.table({
-        "batch_id": ["batch_0001", "batch_0002"], "status": ["validated", "held_back"],
-        "failed_checks": ["[]", "[]"],
-        "status_message": ["every blocking check passed", "held back: failed blocking checks annotations_bbox_inside_image"],
-    }), lake_dir / "coco_batches")
-    return lake_dir
+    return gated_lake_copy(ingested_lake.lake_dir, tmp_path_factory.mktemp("batch_inference") / "lake")
 
 
 @pytest.fixture(scope="module")

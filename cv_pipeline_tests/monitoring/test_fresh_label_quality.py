@@ -4,7 +4,6 @@ the ingested lake, the points in Delta, and the partitioned asset with its check
 
 import json
 import math
-import shutil
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -15,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cv_pipeline.data.delta_io import append_rows, read_table
+from cv_pipeline.data.delta_io import read_table
 from cv_pipeline.deployment.registry import CHAMPION, ModelRegistry
 from cv_pipeline.monitoring.quality import (
     QualityPoint,
@@ -25,6 +24,7 @@ from cv_pipeline.monitoring.quality import (
     read_quality,
 )
 from cv_pipeline_tests.deployment.mlflow_store import temporary_mlflow_store
+from cv_pipeline_tests.samples import gated_lake_copy
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 MODEL = "cv_pipeline_classification"
@@ -118,15 +118,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def lake(ingested_lake, tmp_path_factory):
     """The sample lake copied, with a quality gate: batch_0001 validated, batch_0002 held back."""
-    lake_dir = tmp_path_factory.mktemp("champion_quality") / "lake"
-    shutil.copytree(ingested_lake.lake_dir, lake_dir)
-    append_rows(pa.table({
-        "batch_id": ["batch_0001", "batch_0002"], "status": ["validated", "held_back"],
-        "failed_checks": ["[]", "[]"],
-        "status_message": ["every blocking check passed",
-                           "held back: failed blocking checks annotations_bbox_inside_image"],
-    }), lake_dir / "coco_batches")
-    return lake_dir
+    return gated_lake_copy(ingested_lake.lake_dir, tmp_path_factory.mktemp("champion_quality") / "lake")
 
 
 @pytest.fixture(scope="module")
