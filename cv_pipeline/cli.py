@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -256,17 +257,38 @@ def send_test_traffic(console, instance, max_images: int = 64, rows_per_request:
         return 0
     version = int(event.asset_materialization.metadata["delta_version"].value)
     manifest = load_manifest(settings.table_path("training_dataset"), version)
-    sent = 0
+    prefix, sent = f"test-traffic-{uuid.uuid4().hex[:8]}", 0
     for endpoint in list_endpoints(settings.serving_dir()):
         if endpoint["url"] is None:
             continue
         images = get_task(endpoint["task"]).evaluation_samples(manifest, "test", max_images).images
         for start in range(0, len(images), rows_per_request):
-            invoke(endpoint["url"], images[start:start + rows_per_request], client_request_id=f"make-run-{sent}")
+            invoke(endpoint["url"], images[start:start + rows_per_request], client_request_id=f"{prefix}-{sent}")
             sent += 1
         console.print(f"traffic            {endpoint['name']}: {len(images)} test-split inputs in "
                       f"{-(-len(images) // rows_per_request)} requests")
+    wait_for_inference_log([f"{prefix}-{k}" for k in range(sent)])
     return sent
+
+
+def wait_for_inference_log(client_request_ids: list[str], timeout_s: float = 30.0) -> bool:
+    """Wait until the server's log writer has committed these requests to inference_log (it flushes
+    every few seconds), so that a monitoring pass right after sees them all."""
+    import pyarrow.compute as pc
+
+    from cv_pipeline import settings
+    from cv_pipeline.data.delta_io import is_delta_table, read_table
+
+    path, wanted = settings.table_path("inference_log"), set(client_request_ids)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if is_delta_table(path):
+            logged = read_table(path, columns=["client_request_id"],
+                                filters=pc.field("client_request_id").isin(list(wanted))).num_rows
+            if logged >= len(wanted):
+                return True
+        time.sleep(0.5)
+    return False
 
 
 def run_monitoring(defs, instance, console, window: str | None = None) -> tuple[bool, list[dict]]:
@@ -284,12 +306,13 @@ def run_monitoring(defs, instance, console, window: str | None = None) -> tuple[
     return result.success, summaries
 
 
-def print_monitoring(console, summaries: list[dict]) -> None:
+def print_monitoring(console, summaries: list[dict], compact: bool = False) -> None:
     from cv_pipeline.monitoring.endpoint_health import format_windows
 
     if summaries:
-        console.print("\nmonitoring (this window of inference_log against each champion's training split)")
-        console.print(format_windows(summaries))
+        console.print("\nmonitoring (this window of inference_log against each champion's training split"
+                      + ("; cv-pipeline monitor for the details)" if compact else ")"))
+        console.print(format_windows(summaries, compact=compact))
 
 
 def monitor_command(args) -> int:
@@ -471,7 +494,7 @@ def _run(args, console, settings) -> int:
         console.print("")
         send_test_traffic(console, instance)
         monitored, summaries = run_monitoring(defs, instance, console)
-        print_monitoring(console, summaries)
+        print_monitoring(console, summaries, compact=True)
         trained = monitored
     print_tables(console)
     return 0 if trained else 1

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 
-from cv_pipeline_tests.samples import INGESTED_TABLES, SAMPLES
+from cv_pipeline_tests.samples import E2E_MONITORING_ENV, INGESTED_TABLES, SAMPLES
 
 if TYPE_CHECKING:
     from cv_pipeline.training.dataset import DatasetManifest
@@ -106,7 +106,8 @@ def end_to_end_run(shared_ray, tmp_path_factory) -> EndToEndRun:
            # the classifier trains the quick profile's few epochs: the promotion bar matches them; the
            # others train one epoch on six images, so anything is promoted and served
            "CV_PIPELINE_PROMOTION_THRESHOLD": "classification=0.4,detection=0,instance_segmentation=0,"
-                                              "semantic_segmentation=0"}
+                                              "semantic_segmentation=0",
+           **E2E_MONITORING_ENV}
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.perf_counter()
     vision = "detection={n},instance_segmentation={n},semantic_segmentation={n}"

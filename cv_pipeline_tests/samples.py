@@ -7,6 +7,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = REPO_ROOT / "data_samples"
 INGESTED_TABLES = ("coco_images", "coco_annotations", "coco_categories")
+# The end-to-end run's monitoring (its `cv-pipeline monitor` too): four endpoints each judge a clean
+# window at the false-alarm rate alpha, so at the default 0.05 about one run in six would see a false
+# alarm somewhere (1 - 0.95^4); a stricter alpha keeps the test's verdicts those of the data.
+E2E_MONITORING_ENV = {"CV_PIPELINE_DRIFT_ALPHA": "0.001"}
 
 
 def gated_lake_copy(source: Path, target: Path) -> Path:

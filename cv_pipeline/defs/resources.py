@@ -172,5 +172,6 @@ def local_resources() -> dict:
             store_image_bytes=os.environ.get("CV_PIPELINE_STORE_IMAGE_BYTES", "0").lower() in ("1", "true", "yes"),
         ),
         "job_launcher": LocalJobLauncher(),
-        "monitoring": MonitoringPolicy(reference_dir=str(settings.monitoring_dir() / "references")),
+        "monitoring": MonitoringPolicy(reference_dir=str(settings.monitoring_dir() / "references"),
+                                       alpha=float(os.environ.get("CV_PIPELINE_DRIFT_ALPHA", 0.05))),
     }

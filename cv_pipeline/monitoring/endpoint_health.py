@@ -183,11 +183,22 @@ def _unanswered(test: str, alpha: float, n_current: int, message: str) -> DriftR
                        n_reference=0, n_current=n_current, top_features=[], message=message, details={})
 
 
-def format_windows(windows: list[dict[str, Any]]) -> str:
+VERDICTS = {True: "DRIFT", False: "ok", None: "n/a"}
+
+
+def format_windows(windows: list[dict[str, Any]], compact: bool = False) -> str:
     """The console table of `cv-pipeline monitor` from `EndpointWindow.to_json()` entries: per
-    endpoint its health, then each drift verdict with its statistic."""
+    endpoint its health, then each drift verdict with its statistic (`compact`: one line each)."""
     lines = []
     for window in windows:
+        if compact:
+            latency = "/".join(f"{v:.0f}" if v is not None else "-" for v in window["latency_ms"].values())
+            verdicts = ", ".join(f"{name.removesuffix('_drift')} {VERDICTS[r['drifted']]}"
+                                 + (f" (p={r['p_value']:.2g})" if r["p_value"] is not None else "")
+                                 for name, r in window["drift"].items())
+            lines.append(f"  {window['endpoint']:34s} {window['requests']} requests, {window['errors']} errors, "
+                         f"p50/p95/p99 {latency} ms; {verdicts}")
+            continue
         shown = ", ".join(f"{k} {v:.0f} ms" for k, v in window["latency_ms"].items() if v is not None)
         lines.append(f"{window['endpoint']} ({window['task']})  {window['window']['start'][:16]} to "
                      f"{window['window']['end'][11:16]} UTC")
@@ -196,7 +207,7 @@ def format_windows(windows: list[dict[str, Any]]) -> str:
         if window["model"]["version"]:
             lines.append(f"  reference: {window['model']['name']} v{window['model']['version']}, {window['reference']}")
         for name, result in window["drift"].items():
-            verdict = {True: "DRIFT", False: "ok", None: "n/a"}[result["drifted"]]
+            verdict = VERDICTS[result["drifted"]]
             figure = "" if result["statistic"] is None else f"statistic {result['statistic']:.4g}"
             figure += "" if result["p_value"] is None else f", p {result['p_value']:.3g}"
             lines.append(f"  {name:<21} {verdict:<6}{figure:<28} {result['message']}")

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-REFERENCE_FORMAT = "cv_pipeline.monitoring.reference/1"
+REFERENCE_FORMAT = "cv_pipeline.monitoring.reference/2"  # /2: prediction signals one value per image
 
 
 @dataclass
@@ -134,7 +134,10 @@ def champion_reference(lake_dir: str | Path, model_name: str, version: str, *, t
 
     cached = reference_path(cache_dir, model_name, version)
     if cached.is_file():
-        return Reference.load(cached)
+        try:
+            return Reference.load(cached)
+        except ValueError:  # written by another version of this code: computed again
+            pass
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
     tags = client.get_model_version(model_name, str(version)).tags
     if "dataset_version" not in tags:
