@@ -9,7 +9,7 @@
   is requested), never one while the model or its upstream is in flight, and none within the
   cool-down after the last retraining (`CV_PIPELINE_RETRAIN_COOLDOWN_MINUTES`, default 60).
 - Every later stage of the task's road (evaluation, registration, comparison, champion, endpoint)
-  follows eagerly, in the same run.
+  follows eagerly, in the same run (on a sensor's first tick, in the run after the model's).
 - Each endpoint's monitoring runs every 15 minutes on its current window; a landing batch's
   fresh-label quality runs once its tables are written.
 

@@ -1,5 +1,5 @@
 """Sensors, where a sensor is the right tool: new complete landing batches (files outside Dagster)
-become partitions and ingestion runs; a run that moved a champion scores the batches not scored yet
+become partitions and ingestion runs; a run that settled a champion scores the batches not scored yet
 (batch_predictions). Retraining itself is declarative automation (cv_pipeline.defs.automation);
 alerts are in cv_pipeline.defs.alerts."""
 
@@ -33,15 +33,15 @@ def landing_batch_sensor(context: dg.SensorEvaluationContext, landing: LandingZo
     run_status=dg.DagsterRunStatus.SUCCESS,
     request_job=batch_inference_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="After a run that moved a champion (a retraining, by automation or by hand), scores every validated "
-                "batch of the training set that has no batch_predictions yet.",
+    description="After a run that settled a champion (promoted or kept: a retraining, by automation or by hand), "
+                "scores every validated batch of the training set that has no batch_predictions yet.",
 )
 def score_batch_after_retraining(context: dg.RunStatusSensorContext):
     run = context.dagster_run
     records = context.instance.get_records_for_run(
         run_id=run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     if not any(record.asset_key.path[-1].endswith("_champion") for record in records if record.asset_key):
-        return dg.SkipReason(f"run {run.run_id} moved no champion")
+        return dg.SkipReason(f"run {run.run_id} settled no champion")
     event = context.instance.get_latest_materialization_event(dg.AssetKey("training_dataset"))
     trained = (event.asset_materialization.metadata.get("batches").value
                if event and event.asset_materialization and "batches" in event.asset_materialization.metadata else [])
