@@ -10,6 +10,7 @@ window's overall false-alarm rate stays at most `alpha`.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,8 +97,7 @@ def read_window(log_table: str | Path, endpoint: str, start: datetime, end: date
     if not is_delta_table(log_table):
         return []
     start, end = _utc(start), _utc(end)
-    days = [d for d in _dates(start, end)]
-    expression = ((pc.field("endpoint_name") == endpoint) & pc.field("request_date").isin(days)
+    expression = ((pc.field("endpoint_name") == endpoint) & pc.field("request_date").isin(list(_dates(start, end)))
                   & (pc.field("request_time") >= start) & (pc.field("request_time") < end))
     columns = ["databricks_request_id", "request_time", "endpoint_name", "model_name", "model_version",
                "status_code", "execution_duration_ms", "error", "inputs"]
@@ -130,26 +130,27 @@ def monitor_endpoint(rows: list[dict], *, endpoint: str, task: str, start: datet
                      config: MonitoringConfig = MonitoringConfig()) -> EndpointWindow:
     """Health and drift of one endpoint's window (`rows` from `read_window`) against `reference`
     (None: no champion yet, so no drift tests). `signals_of` is the task's `prediction_signals`."""
-    statuses: dict[str, int] = {}
-    for row in rows:
-        statuses[str(row["status_code"])] = statuses.get(str(row["status_code"]), 0) + 1
-    errors = sum(1 for row in rows if int(row["status_code"]) >= 400)
-    server_errors = sum(1 for row in rows if int(row["status_code"]) >= 500)
+    statuses = Counter(int(row["status_code"]) for row in rows)
+    errors = sum(n for status, n in statuses.items() if status >= 400)
+    server_errors = sum(n for status, n in statuses.items() if status >= 500)
     latencies = [(row["request_time"], float(row["execution_duration_ms"])) for row in rows]
 
-    answered = [row for row in rows if int(row["status_code"]) == 200]
-    all_inputs = [item for row in answered for item in (row.get("inputs") or [])]
     model_name = reference.model_name if reference else None
     model_version = reference.model_version if reference else None
-    by_reference_model = [item for row in answered for item in (row.get("inputs") or [])
-                          if reference and row.get("model_name") == model_name
-                          and str(row.get("model_version")) == model_version]
+    all_inputs, by_reference_model = [], []
+    for row in rows:
+        if int(row["status_code"]) != 200:
+            continue
+        inputs = row.get("inputs") or []
+        all_inputs.extend(inputs)
+        if reference and row.get("model_name") == model_name and str(row.get("model_version")) == model_version:
+            by_reference_model.extend(inputs)
     current_all = ObservedInputs.from_rows(all_inputs, None)
     current = ObservedInputs.from_rows(by_reference_model, signals_of)
     drift = drift_tests(reference.observed if reference else None, current_all, current, config)
     return EndpointWindow(endpoint, task, _utc(start), _utc(end), len(rows), errors, server_errors,
                           _percentiles([latency for _, latency in latencies]), model_name, model_version, drift,
-                          reference.source if reference else "", statuses, latencies,
+                          reference.source if reference else "", {str(k): n for k, n in statuses.items()}, latencies,
                           ObservedInputs(current_all.statistics, current.features, current.signals),
                           reference.observed if reference else None)
 
